@@ -1,0 +1,126 @@
+//! `App::build(config)` wires the store, workspaces, sessions and HTTP router, and binds the
+//! listener (port 0 in tests); `App::run` serves until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, StorageKind};
+use crate::http::{self, AppState};
+use crate::sessions::Sessions;
+use crate::store::{MemoryStore, SessionStore, SqliteStore, StoreError};
+use crate::workspace::Workspaces;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The session store could not be opened.
+    #[error("cannot open the session store: {0}")]
+    Store(#[from] StoreError),
+    /// The configured storage is not available.
+    #[error("session.storage: {0}")]
+    Storage(String),
+    /// The workspace base directory is unusable.
+    #[error("user.base_dir {path}: {source}")]
+    Workspaces { path: String, source: std::io::Error },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A built service, bound and ready to serve.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    sessions: Arc<Sessions>,
+}
+
+impl App {
+    /// Opens the store and workspaces and binds the listener.
+    pub async fn build(config: Config) -> Result<App, StartupError> {
+        let store: Arc<dyn SessionStore> = match config.session.storage {
+            StorageKind::Memory => Arc::new(MemoryStore::new(config.session.ttl)),
+            StorageKind::Sqlite => {
+                Arc::new(SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?)
+            }
+            StorageKind::Postgresql => {
+                return Err(StartupError::Storage(
+                    "postgresql is not supported by this version yet; use sqlite or memory".into(),
+                ));
+            }
+        };
+        let base = config.base_dir();
+        let workspaces = Workspaces::new(&base, config.user.auto_create_dir).map_err(|source| {
+            StartupError::Workspaces {
+                path: base.display().to_string(),
+                source,
+            }
+        })?;
+        let sessions = Arc::new(Sessions::new(&config, store, workspaces));
+        let state = AppState {
+            sessions: sessions.clone(),
+            started: Instant::now(),
+            storage_type: config.session.storage.as_str(),
+        };
+        let router = http::router(state, &config);
+        let addr = format!("{}:{}", config.api.host, config.api.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(
+                listen = %bound,
+                "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach \
+                 this port can run agents as any user. Bind 127.0.0.1 or put an authenticating proxy in front."
+            );
+        }
+        spawn_purger(sessions.clone(), config.session.ttl);
+        Ok(App {
+            listener,
+            router,
+            sessions,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then drains connections.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(listen = %self.local_addr(), "serving");
+        let _sessions = self.sessions;
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Purges expired sessions in the background (reads already hide them).
+fn spawn_purger(sessions: Arc<Sessions>, ttl: u64) {
+    if ttl == 0 {
+        return;
+    }
+    let every = Duration::from_secs(ttl.clamp(1, 60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match sessions.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions.purged = n, "purged expired sessions"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,686 @@
+//! The configuration tree: compiled defaults, then the YAML file, then the environment, then
+//! `validate()`. It owns key names, defaults and the seed-compatible environment variables; it must
+//! not open databases or touch workspaces (that is `app`'s job).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A configuration problem, always naming the key or file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The YAML file is not valid YAML or not a mapping.
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    /// A key is unknown, has the wrong type or an impossible value.
+    #[error("config key `{key}`{origin}: {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+/// Where the storage of session records lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// In process memory: lost on restart.
+    Memory,
+    /// An embedded SQLite file (the default).
+    Sqlite,
+    /// A PostgreSQL server, for several instances.
+    Postgresql,
+}
+
+impl StorageKind {
+    /// The name used in config and in `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::Memory => "memory",
+            StorageKind::Sqlite => "sqlite",
+            StorageKind::Postgresql => "postgresql",
+        }
+    }
+}
+
+/// The CLI's permission modes (`--permission-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionMode {
+    /// Ask (through our policy) for every tool not pre-approved.
+    #[serde(rename = "default")]
+    Default,
+    /// Auto-approve file edits.
+    #[serde(rename = "acceptEdits")]
+    AcceptEdits,
+    /// Plan only, no changes.
+    #[serde(rename = "plan")]
+    Plan,
+    /// Approve everything (as root this needs `IS_SANDBOX=1`, which the service sets).
+    #[serde(rename = "bypassPermissions")]
+    BypassPermissions,
+    /// Deny whatever is not pre-approved, without asking.
+    #[serde(rename = "dontAsk")]
+    DontAsk,
+}
+
+impl PermissionMode {
+    /// The flag value the CLI expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionMode::Default => "default",
+            PermissionMode::AcceptEdits => "acceptEdits",
+            PermissionMode::Plan => "plan",
+            PermissionMode::BypassPermissions => "bypassPermissions",
+            PermissionMode::DontAsk => "dontAsk",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for everything the service keeps: the SQLite file, user workspaces, CLI config dirs.
+    pub data_dir: PathBuf,
+    pub user: UserConfig,
+    pub session: SessionConfig,
+    pub api: ApiConfig,
+    pub defaults: AgentDefaults,
+    /// MCP servers given to every session (`--mcp-config`), by name.
+    pub mcp_servers: Map<String, Value>,
+    /// Plugin folders given to every session (`--plugin-dir`).
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// The `user` section: where workspaces live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    /// Base of all user workspaces; `null` means `<data_dir>/users`.
+    pub base_dir: Option<PathBuf>,
+    /// Create `base_dir/<user>/<subdir>` on session create.
+    pub auto_create_dir: bool,
+}
+
+/// The `session` section: the session store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub storage: StorageKind,
+    /// Seconds after the last activity a session expires; 0 never expires.
+    pub ttl: u64,
+    /// SQLite file; `null` means `<data_dir>/sessions.db`.
+    pub sqlite_path: Option<PathBuf>,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_database: String,
+    pub pg_user: String,
+    pub pg_password: String,
+}
+
+/// The `api` section: the HTTP listener and service-wide limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub host: String,
+    pub port: u16,
+    /// Origins allowed by CORS; `["*"]` allows any, `[]` sends no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Stored (unexpired) sessions across all users.
+    pub max_sessions: u32,
+    pub max_sessions_per_user: u32,
+    /// Turns running at once across the service.
+    pub max_concurrent_requests: u32,
+    /// Memory of the service plus all agent processes, in MiB, above which idle agents are
+    /// stopped; 0 disables the check.
+    pub memory_limit_mb: u64,
+    /// Seconds after its last turn a live agent process is stopped (the session stays resumable).
+    pub idle_session_timeout: u64,
+    /// Agent processes alive at once; the least recently used idle one is stopped to make room.
+    pub max_live_agents: u32,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds between SSE keep-alive comments while the agent is quiet.
+    pub keepalive_seconds: u64,
+}
+
+/// The `defaults` section: agent options every new session gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentDefaults {
+    /// Replaces Claude Code's system prompt; `null` keeps it.
+    pub system_prompt: Option<String>,
+    /// Appended to Claude Code's own system prompt.
+    pub append_system_prompt: Option<String>,
+    pub permission_mode: PermissionMode,
+    /// Tools that run without asking; permission requests for others are denied.
+    pub allowed_tools: Vec<String>,
+    /// `--setting-sources`; `null` leaves the CLI's default.
+    pub setting_sources: Option<Vec<String>>,
+    /// The `claude` executable; `null` looks on PATH, then in `<data_dir>/cli`.
+    pub cli_path: Option<PathBuf>,
+    /// Install the pinned CLI into `<data_dir>/cli` with npm when none is found.
+    pub cli_auto_install: bool,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
+    /// Extra environment variables for the CLI (beyond the built-in allow-list).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A plugin folder: a bare path, or `{type: local, path}` as in the Python SDK.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PluginSpec {
+    Path(PathBuf),
+    Local {
+        #[serde(rename = "type")]
+        kind: String,
+        path: PathBuf,
+    },
+}
+
+impl PluginSpec {
+    /// The plugin's folder.
+    pub fn path(&self) -> &Path {
+        match self {
+            PluginSpec::Path(path) | PluginSpec::Local { path, .. } => path,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            user: UserConfig::default(),
+            session: SessionConfig::default(),
+            api: ApiConfig::default(),
+            defaults: AgentDefaults::default(),
+            mcp_servers: Map::new(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        UserConfig {
+            base_dir: None,
+            auto_create_dir: true,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            storage: StorageKind::Sqlite,
+            ttl: 3600,
+            sqlite_path: None,
+            pg_host: "localhost".into(),
+            pg_port: 5432,
+            pg_database: "claude_agent".into(),
+            pg_user: "postgres".into(),
+            pg_password: "postgres".into(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            cors_origins: Vec::new(),
+            max_sessions: 1000,
+            max_sessions_per_user: 50,
+            max_concurrent_requests: 20,
+            memory_limit_mb: 0,
+            idle_session_timeout: 300,
+            max_live_agents: 32,
+            max_body_bytes: 1024 * 1024,
+            keepalive_seconds: 15,
+        }
+    }
+}
+
+impl Default for AgentDefaults {
+    fn default() -> Self {
+        AgentDefaults {
+            system_prompt: None,
+            append_system_prompt: None,
+            permission_mode: PermissionMode::Default,
+            allowed_tools: ["Bash", "Read", "Write", "Edit", "Glob", "Grep"]
+                .map(String::from)
+                .to_vec(),
+            setting_sources: None,
+            cli_path: None,
+            cli_auto_install: true,
+            model: None,
+            max_turns: None,
+            max_budget_usd: None,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// The seed's environment variables and the key each one sets.
+const NAMED_ENV: &[(&str, &str)] = &[
+    ("CLAUDE_AGENT_DATA_DIR", "data_dir"),
+    ("CLAUDE_AGENT_USER_BASE_DIR", "user.base_dir"),
+    ("CLAUDE_AGENT_SESSION_STORAGE", "session.storage"),
+    ("CLAUDE_AGENT_SESSION_TTL", "session.ttl"),
+    ("CLAUDE_AGENT_SESSION_SQLITE_PATH", "session.sqlite_path"),
+    ("CLAUDE_AGENT_SESSION_PG_HOST", "session.pg_host"),
+    ("CLAUDE_AGENT_SESSION_PG_PORT", "session.pg_port"),
+    ("CLAUDE_AGENT_SESSION_PG_DATABASE", "session.pg_database"),
+    ("CLAUDE_AGENT_SESSION_PG_USER", "session.pg_user"),
+    ("CLAUDE_AGENT_SESSION_PG_PASSWORD", "session.pg_password"),
+    ("CLAUDE_AGENT_API_HOST", "api.host"),
+    ("CLAUDE_AGENT_API_PORT", "api.port"),
+    ("CLAUDE_AGENT_MAX_SESSIONS", "api.max_sessions"),
+    ("CLAUDE_AGENT_MAX_SESSIONS_PER_USER", "api.max_sessions_per_user"),
+    ("CLAUDE_AGENT_MAX_CONCURRENT", "api.max_concurrent_requests"),
+    ("CLAUDE_AGENT_MEMORY_LIMIT_MB", "api.memory_limit_mb"),
+    ("CLAUDE_AGENT_IDLE_SESSION_TIMEOUT", "api.idle_session_timeout"),
+    ("CLAUDE_AGENT_CLI_PATH", "defaults.cli_path"),
+];
+
+const ENV_PREFIX: &str = "CLAUDE_AGENT_";
+
+/// How a loaded config may be used; tests and benchmarks may bind port 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Port 0 is allowed because the caller learns the bound port another way (`--port-file`).
+    pub allow_ephemeral_port: bool,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `./config.yaml` if present), then `env`, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        options: LoadOptions,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = serde_json::to_value(Config::default()).expect("defaults serialize");
+        let implicit = Path::new("config.yaml");
+        let file = match file {
+            Some(path) => Some(path),
+            None if implicit.is_file() => Some(implicit),
+            None => None,
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let yaml: Value = yaml_serde::from_str(&text).map_err(|e| ConfigError::Yaml {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            match yaml {
+                Value::Null => {}
+                Value::Object(_) => merge(&mut tree, yaml),
+                _ => {
+                    return Err(ConfigError::Yaml {
+                        path: path.to_owned(),
+                        message: "the top level must be a mapping of sections".into(),
+                    });
+                }
+            }
+        }
+        let origins = apply_env(&mut tree, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                origin: origin_of(&origins, &key),
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.expand_home();
+        config
+            .validate(options)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin_of(&origins, key),
+                key: key.to_string(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Where user workspaces live.
+    pub fn base_dir(&self) -> PathBuf {
+        self.user
+            .base_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("users"))
+    }
+
+    /// The SQLite database file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.session
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sessions.db"))
+    }
+
+    /// The configuration as JSON with secrets replaced, for printing and logging.
+    pub fn redacted(&self) -> Value {
+        let mut value = serde_json::to_value(self).expect("config serializes");
+        value["session"]["pg_password"] = Value::String(REDACTED.into());
+        if let Some(env) = value["defaults"]["env"].as_object_mut() {
+            redact_secret_entries(env);
+        }
+        if let Some(servers) = value["mcp_servers"].as_object_mut() {
+            for server in servers.values_mut() {
+                for field in ["env", "headers"] {
+                    if let Some(map) = server.get_mut(field).and_then(Value::as_object_mut) {
+                        redact_secret_entries(map);
+                    }
+                }
+            }
+        }
+        value
+    }
+
+    fn expand_home(&mut self) {
+        let expand = |path: &mut PathBuf| *path = expand_tilde(path);
+        expand(&mut self.data_dir);
+        if let Some(path) = self.user.base_dir.as_mut() {
+            expand(path);
+        }
+        if let Some(path) = self.session.sqlite_path.as_mut() {
+            expand(path);
+        }
+        if let Some(path) = self.defaults.cli_path.as_mut() {
+            expand(path);
+        }
+        for plugin in &mut self.plugins {
+            match plugin {
+                PluginSpec::Path(path) | PluginSpec::Local { path, .. } => expand(path),
+            }
+        }
+    }
+
+    fn validate(&self, options: LoadOptions) -> Result<(), (&'static str, String)> {
+        if self.api.port == 0 && !options.allow_ephemeral_port {
+            return Err((
+                "api.port",
+                "0 is only allowed with --port-file (otherwise nobody learns the bound port)".into(),
+            ));
+        }
+        if self.api.host.trim().is_empty() {
+            return Err(("api.host", "must not be empty".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "must not be empty".into()));
+        }
+        if self.data_dir.exists() && !self.data_dir.is_dir() {
+            return Err((
+                "data_dir",
+                format!("{} is not a directory", self.data_dir.display()),
+            ));
+        }
+        let base = self.base_dir();
+        if base.exists() && !base.is_dir() {
+            return Err(("user.base_dir", format!("{} is not a directory", base.display())));
+        }
+        for (key, value) in [
+            ("api.max_sessions", self.api.max_sessions),
+            ("api.max_sessions_per_user", self.api.max_sessions_per_user),
+            ("api.max_concurrent_requests", self.api.max_concurrent_requests),
+            ("api.max_live_agents", self.api.max_live_agents),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(("api.max_body_bytes", "must be at least 1024".into()));
+        }
+        if self.api.keepalive_seconds == 0 {
+            return Err(("api.keepalive_seconds", "must be at least 1".into()));
+        }
+        if self.defaults.max_turns == Some(0) {
+            return Err(("defaults.max_turns", "must be at least 1 (or null)".into()));
+        }
+        if let Some(budget) = self.defaults.max_budget_usd
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return Err((
+                "defaults.max_budget_usd",
+                "must be a positive number (or null)".into(),
+            ));
+        }
+        for plugin in &self.plugins {
+            if let PluginSpec::Local { kind, .. } = plugin
+                && kind != "local"
+            {
+                return Err((
+                    "plugins",
+                    format!("unknown plugin type {kind:?} (only \"local\")"),
+                ));
+            }
+        }
+        for name in self.defaults.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(("defaults.env", format!("{name:?} is not a variable name")));
+            }
+        }
+        if self.session.storage == StorageKind::Sqlite && self.sqlite_path().is_dir() {
+            return Err(("session.sqlite_path", "is a directory".into()));
+        }
+        Ok(())
+    }
+}
+
+const REDACTED: &str = "***";
+
+fn redact_secret_entries(map: &mut Map<String, Value>) {
+    for (name, value) in map.iter_mut() {
+        let upper = name.to_ascii_uppercase();
+        if ["KEY", "TOKEN", "SECRET", "PASSWORD", "AUTH"]
+            .iter()
+            .any(|word| upper.contains(word))
+        {
+            *value = Value::String(REDACTED.into());
+        }
+    }
+}
+
+/// Replaces a leading `~` with `$HOME`.
+pub fn expand_tilde(path: &Path) -> PathBuf {
+    let Ok(rest) = path.strip_prefix("~") else {
+        return path.to_owned();
+    };
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(rest),
+        None => path.to_owned(),
+    }
+}
+
+/// Deep-merges `overlay` into `base`: mappings merge key by key, anything else replaces.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(slot) if slot.is_object() && value.is_object() => merge(slot, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+/// Applies environment overrides; returns which variable set which key, for error messages.
+fn apply_env(
+    tree: &mut Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut origins = BTreeMap::new();
+    let mut pairs: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    pairs.sort();
+    for (name, raw) in pairs {
+        let key = if let Some((_, key)) = NAMED_ENV.iter().find(|(var, _)| *var == name) {
+            key.to_string()
+        } else if let Some((section, key)) = name[ENV_PREFIX.len()..].split_once("__") {
+            format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase())
+        } else {
+            continue; // not ours: other tools share the prefix
+        };
+        let path: Vec<&str> = key.split('.').collect();
+        let mut slot = &mut *tree;
+        for (depth, part) in path.iter().enumerate() {
+            let Some(object) = slot.as_object_mut() else {
+                return Err(ConfigError::Invalid {
+                    key: path[..depth].join("."),
+                    origin: format!(" (from environment {name})"),
+                    message: "is not a section".into(),
+                });
+            };
+            slot = object.entry(part.to_string()).or_insert(Value::Null);
+        }
+        *slot = env_value(slot, &raw);
+        origins.insert(key, name);
+    }
+    Ok(origins)
+}
+
+/// Parses an environment value as a YAML scalar, except where the key holds text.
+fn env_value(current: &Value, raw: &str) -> Value {
+    if current.is_string() {
+        return Value::String(raw.to_string());
+    }
+    match yaml_serde::from_str::<Value>(raw) {
+        Ok(value) => value,
+        Err(_) => Value::String(raw.to_string()),
+    }
+}
+
+fn origin_of(origins: &BTreeMap<String, String>, key: &str) -> String {
+    origins
+        .iter()
+        .find(|(set, _)| key == set.as_str() || key.starts_with(&format!("{set}.")))
+        .map(|(_, var)| format!(" (from environment {var})"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = yaml.map(|text| {
+            let path = dir.path().join("config.yaml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(file.as_deref(), env, LoadOptions::default())
+    }
+
+    #[test]
+    fn defaults_are_sqlite_on_loopback_under_data() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.session.storage, StorageKind::Sqlite);
+        assert_eq!(config.api.host, "127.0.0.1");
+        assert_eq!(config.api.port, 8000);
+        assert_eq!(config.sqlite_path(), PathBuf::from("./data/sessions.db"));
+        assert_eq!(config.base_dir(), PathBuf::from("./data/users"));
+    }
+
+    #[test]
+    fn environment_beats_yaml_beats_defaults() {
+        let yaml = "api:\n  port: 9001\n  max_sessions: 7\nsession:\n  ttl: 10\n";
+        let config = load(
+            Some(yaml),
+            &[
+                ("CLAUDE_AGENT_API_PORT", "9002"),
+                ("CLAUDE_AGENT_MAX_CONCURRENT", "3"),
+                ("CLAUDE_AGENT_DEFAULTS__MODEL", "claude-x"),
+                ("CLAUDE_AGENT_SESSION_PG_PASSWORD", "12345"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.api.port, 9002);
+        assert_eq!(config.api.max_sessions, 7);
+        assert_eq!(config.session.ttl, 10);
+        assert_eq!(config.api.max_concurrent_requests, 3);
+        assert_eq!(config.defaults.model.as_deref(), Some("claude-x"));
+        assert_eq!(config.session.pg_password, "12345");
+        assert_eq!(config.api.idle_session_timeout, 300);
+    }
+
+    #[test]
+    fn data_dir_moves_everything() {
+        let config = load(Some("data_dir: /srv/agents\n"), &[]).unwrap();
+        assert_eq!(config.sqlite_path(), PathBuf::from("/srv/agents/sessions.db"));
+        assert_eq!(config.base_dir(), PathBuf::from("/srv/agents/users"));
+    }
+
+    #[test]
+    fn tilde_is_expanded() {
+        let config = load(Some("user:\n  base_dir: ~/ws\n"), &[]).unwrap();
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(config.base_dir(), PathBuf::from(home).join("ws"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (Some("api:\n  prot: 1\n"), &[], "api"),
+            (Some("session:\n  ttl: -5\n"), &[], "session.ttl"),
+            (Some("api:\n  port: 0\n"), &[], "api.port"),
+            (Some("session:\n  storage: mongo\n"), &[], "session.storage"),
+            (
+                None,
+                &[("CLAUDE_AGENT_API_PORT", "eighty")],
+                "CLAUDE_AGENT_API_PORT",
+            ),
+            (None, &[("CLAUDE_AGENT_API__NOPE", "1")], "api"),
+            (Some("api:\n  max_sessions: 0\n"), &[], "api.max_sessions"),
+            (Some("- a\n- b\n"), &[], "mapping"),
+        ];
+        for (yaml, env, expected) in cases {
+            let message = load(*yaml, env).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should mention {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn base_dir_that_is_a_file_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let yaml = format!("user:\n  base_dir: {}\n", file.path().display());
+        let message = load(Some(&yaml), &[]).unwrap_err().to_string();
+        assert!(message.contains("user.base_dir"), "{message}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let yaml = "defaults:\n  env:\n    ANTHROPIC_API_KEY: sk-secret\n    DEBUG: '1'\n";
+        let config = load(Some(yaml), &[("CLAUDE_AGENT_SESSION_PG_PASSWORD", "hunter2")]).unwrap();
+        let text = config.redacted().to_string();
+        assert!(!text.contains("hunter2") && !text.contains("sk-secret"), "{text}");
+        assert!(text.contains("DEBUG"));
+    }
+}

@@ -1,0 +1,78 @@
+//! `GET /health` (the seed's fields) and `GET /` (what this is and where to look).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use super::AppState;
+
+/// Service health, in the seed's shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthResponse {
+    /// `healthy`, or `unhealthy` when the store does not answer.
+    pub status: &'static str,
+    pub version: &'static str,
+    /// Stored, unexpired sessions.
+    pub active_sessions: u64,
+    /// Sessions with a live agent process.
+    pub in_memory_clients: u64,
+    /// Resident memory of the service and all its child processes.
+    pub memory_mb: f64,
+    pub storage_type: &'static str,
+    pub uptime_seconds: f64,
+}
+
+/// Health of the service and its store.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    let store = state.sessions.store();
+    let (healthy, active_sessions) = match store.ping().await {
+        Ok(()) => (true, store.count().await.unwrap_or_default()),
+        Err(e) => {
+            tracing::error!(error = %e, "session store unreachable");
+            (false, 0)
+        }
+    };
+    let memory = tokio::task::spawn_blocking(crate::agent::tree::service_memory_bytes)
+        .await
+        .unwrap_or_default();
+    let body = HealthResponse {
+        status: if healthy { "healthy" } else { "unhealthy" },
+        version: env!("CARGO_PKG_VERSION"),
+        active_sessions,
+        in_memory_clients: state.live_agents(),
+        memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+        storage_type: state.storage_type,
+        uptime_seconds: (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// What this service is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RootResponse {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub docs: &'static str,
+    pub openapi: &'static str,
+    pub health: &'static str,
+}
+
+/// Name, version and links.
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, body = RootResponse)))]
+pub async fn root() -> Json<RootResponse> {
+    Json(RootResponse {
+        name: env!("CARGO_PKG_NAME"),
+        version: env!("CARGO_PKG_VERSION"),
+        docs: "/docs",
+        openapi: "/openapi.json",
+        health: "/health",
+    })
+}

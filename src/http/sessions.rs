@@ -1,0 +1,145 @@
+//! `/api/v1/sessions`: create, list, read, resume and delete sessions.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::domain::{SessionId, SessionRecord};
+use crate::sessions::NewSession;
+
+/// `POST /api/v1/sessions` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateSessionRequest {
+    /// 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub user_id: String,
+    /// A relative folder inside the user's directory; omitted means the user's root.
+    pub subdir: Option<String>,
+    /// Your own data, returned as given.
+    #[schema(value_type = Object)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionResponse {
+    pub session_id: String,
+    pub user_id: String,
+    pub subdir: Option<String>,
+    pub cwd: String,
+    pub created_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+    /// Turns completed.
+    pub message_count: u64,
+    /// Always `active` for a session that exists (the seed's field).
+    pub status: &'static str,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+impl From<SessionRecord> for SessionResponse {
+    fn from(record: SessionRecord) -> Self {
+        SessionResponse {
+            session_id: record.session_id.to_string(),
+            user_id: record.user_id,
+            subdir: record.subdir,
+            cwd: record.cwd.to_string_lossy().into_owned(),
+            created_at: record.created_at,
+            last_active_at: record.last_active_at,
+            message_count: record.message_count,
+            status: "active",
+            metadata: record.metadata,
+        }
+    }
+}
+
+/// `GET /api/v1/sessions` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Whose sessions to list.
+    pub user_id: String,
+}
+
+/// Parses a path id; anything that is not a UUID is simply not a session.
+pub(super) fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).ok_or_else(|| ApiError::session_not_found(text))
+}
+
+/// Create a session (starts no process and calls no model).
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions",
+    request_body = CreateSessionRequest,
+    responses(
+        (status = 201, body = SessionResponse),
+        (status = 400, description = "a path component is a symlink or not a directory", body = ErrorBody),
+        (status = 422, description = "invalid user_id, subdir or body", body = ErrorBody),
+        (status = 429, description = "session_limit_reached", body = ErrorBody)))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    body: Result<Json<CreateSessionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
+    let Json(body) = body?;
+    let record = state
+        .sessions
+        .create(NewSession {
+            user_id: body.user_id,
+            subdir: body.subdir,
+            metadata: body.metadata.unwrap_or_default(),
+        })
+        .await?;
+    tracing::info!(session.id = %record.session_id, user.id = %record.user_id, "session created");
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// List a user's session ids (the seed's shape: a JSON array of strings).
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(ListQuery),
+    responses((status = 200, body = Vec<String>), (status = 422, body = ErrorBody)))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let Query(query) = query?;
+    let records = state.sessions.list(&query.user_id).await?;
+    Ok(Json(
+        records.into_iter().map(|r| r.session_id.to_string()).collect(),
+    ))
+}
+
+/// Get a session.
+#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+    responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_session(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let id = parse_id(&session_id)?;
+    Ok(Json(state.sessions.get(id).await?.into()))
+}
+
+/// Resume a session: marks it active again.
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/resume", tag = "sessions",
+    responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
+pub async fn resume_session(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let id = parse_id(&session_id)?;
+    Ok(Json(state.sessions.resume(id).await?.into()))
+}
+
+/// Delete a session for good (it can never be resumed).
+#[utoipa::path(delete, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&session_id)?;
+    state.sessions.delete(id).await?;
+    tracing::info!(session.id = %id, "session deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

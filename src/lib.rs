@@ -1,0 +1,11 @@
+//! claude-agent-http: Claude Code agent sessions for many users, over REST and SSE.
+//! See ARCHITECTURE.md for the map of modules.
+
+pub mod agent;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod sessions;
+pub mod store;
+pub mod workspace;

@@ -1,0 +1,155 @@
+//! The `claude-agent-http` binary: parse the command line, load config, init logging, run the app.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use claude_agent_http::app::App;
+use claude_agent_http::config::{Config, LoadOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "claude-agent-http",
+    version,
+    about = "Claude Code agent sessions for many users, over REST and SSE"
+)]
+struct Cli {
+    /// The YAML config file (default: ./config.yaml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve {
+        /// Write the bound `host:port` to this file once listening (allows `api.port: 0`).
+        #[arg(long, value_name = "PATH")]
+        port_file: Option<PathBuf>,
+    },
+    /// Print the effective configuration as YAML, secrets redacted.
+    PrintConfig,
+    /// Exit 0 when `GET /health` on the configured address answers healthy.
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve { port_file: None });
+    let options = LoadOptions {
+        allow_ephemeral_port: matches!(&command, Command::Serve { port_file: Some(_) }),
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), options) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("claude-agent-http: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::PrintConfig => {
+            print!(
+                "{}",
+                yaml_serde::to_string(&config.redacted()).expect("config serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck => healthcheck(&config),
+        Command::Serve { port_file } => {
+            init_logging(cli.log_json);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(serve(config, port_file))
+        }
+    }
+}
+
+async fn serve(config: Config, port_file: Option<PathBuf>) -> ExitCode {
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("claude-agent-http: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = port_file {
+        // Write then rename, so a reader never sees a half-written file.
+        let partial = path.with_extension("partial");
+        let written = std::fs::write(&partial, app.local_addr().to_string())
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if let Err(e) = written {
+            eprintln!("claude-agent-http: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    match app.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn healthcheck(config: &Config) -> ExitCode {
+    let host = match config.api.host.as_str() {
+        "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "[::1]",
+        host => host,
+    };
+    let url = format!("http://{host}:{}/health", config.api.port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let response = client.get(&url).send().await?;
+        let healthy = response.status().is_success();
+        let body: serde_json::Value = response.json().await?;
+        Ok::<bool, reqwest::Error>(healthy && body["status"] == "healthy")
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("unhealthy: {url}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unreachable: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,104 @@
+//! Session records at rest: `trait SessionStore` and its backends (memory, SQLite). The trait's
+//! specification is the conformance story in `tests/it/store.rs`, run against every backend.
+//! A store knows nothing of agents, workspaces or HTTP.
+
+mod memory;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::{SessionId, SessionRecord};
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the session would exceed a configured limit.
+    #[error("{0}")]
+    LimitReached(LimitScope),
+    /// A session with this id already exists.
+    #[error("session {0} already exists")]
+    Duplicate(SessionId),
+    /// The database failed or is unreachable.
+    #[error("session store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database holds something this version cannot read.
+    #[error("session store holds an unreadable record: {0}")]
+    Corrupt(String),
+    /// Migrations failed at startup.
+    #[error("session store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which session limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// `api.max_sessions` across all users.
+    Total(u32),
+    /// `api.max_sessions_per_user` for this user.
+    User(u32),
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitScope::Total(max) => write!(f, "the service holds its maximum of {max} sessions"),
+            LimitScope::User(max) => write!(f, "this user holds its maximum of {max} sessions"),
+        }
+    }
+}
+
+/// Session-count limits checked atomically with an insert.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_total: u32,
+    pub max_per_user: u32,
+}
+
+/// Where session records live. Expired records (by the store's TTL) are invisible to every read.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new record unless a limit would be exceeded (checked atomically).
+    async fn insert(&self, record: &SessionRecord, limits: Limits) -> Result<(), StoreError>;
+    /// The unexpired record with this id.
+    async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// A user's unexpired records, oldest first.
+    async fn list_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Marks activity at `at`, adding `turns` to the message count; false if the record is gone.
+    async fn touch(&self, id: SessionId, at: DateTime<Utc>, turns: u64) -> Result<bool, StoreError>;
+    /// Removes a record for good; false if there was none.
+    async fn delete(&self, id: SessionId) -> Result<bool, StoreError>;
+    /// Removes every expired record and returns them.
+    async fn purge_expired(&self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// How many unexpired records exist.
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The expiry rule shared by all backends.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    ttl: Option<Duration>,
+}
+
+impl Expiry {
+    /// `ttl_seconds` 0 means records never expire.
+    pub fn new(ttl_seconds: u64) -> Self {
+        let ttl =
+            (ttl_seconds > 0).then(|| Duration::seconds(ttl_seconds.min(i64::MAX as u64 / 1_000_000) as i64));
+        Expiry { ttl }
+    }
+
+    /// Records last active before this instant are expired; `None` when nothing expires.
+    pub fn cutoff(&self) -> Option<DateTime<Utc>> {
+        self.ttl.map(|ttl| Utc::now() - ttl)
+    }
+
+    fn is_live(&self, record: &SessionRecord, cutoff: Option<DateTime<Utc>>) -> bool {
+        cutoff.is_none_or(|cutoff| record.last_active_at >= cutoff)
+    }
+}

@@ -1,0 +1,173 @@
+//! User workspaces: validating user ids and subdirectories, and resolving `base_dir/<user>/<subdir>`
+//! on disk component by component with `O_NOFOLLOW`, so that no symlink (even one an agent planted
+//! inside its own directory) can lead a session outside its user's directory. It must not know
+//! about sessions or HTTP.
+
+mod names;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+pub use names::{check_subdir, check_user_id};
+
+/// Why a workspace could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// The user id breaks a naming rule.
+    #[error("invalid user_id: {0}")]
+    InvalidUserId(String),
+    /// The subdirectory breaks a naming rule.
+    #[error("invalid subdir: {0}")]
+    InvalidSubdir(String),
+    /// A path component on disk is a symbolic link.
+    #[error("path component {0:?} is a symbolic link; workspaces never follow links")]
+    Symlink(String),
+    /// A path component on disk exists but is not a directory.
+    #[error("path component {0:?} exists and is not a directory")]
+    NotADirectory(String),
+    /// The directory does not exist and `user.auto_create_dir` is off.
+    #[error("directory {0:?} does not exist and user.auto_create_dir is off")]
+    Missing(String),
+    /// The file system failed.
+    #[error("workspace I/O error at {path:?}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// The root under which every user's workspace lives.
+#[derive(Debug, Clone)]
+pub struct Workspaces {
+    base: PathBuf,
+    auto_create: bool,
+}
+
+impl Workspaces {
+    /// Opens (creating if needed) the base directory; its own path is trusted configuration.
+    pub fn new(base_dir: &Path, auto_create: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(base_dir)?;
+        Ok(Workspaces {
+            base: std::fs::canonicalize(base_dir)?,
+            auto_create,
+        })
+    }
+
+    /// The canonical base directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Checks the names, then finds or creates the workspace; returns its path.
+    /// A rejection leaves nothing on disk.
+    pub fn resolve(&self, user_id: &str, subdir: Option<&str>) -> Result<PathBuf, WorkspaceError> {
+        let components = Self::components(user_id, subdir)?;
+        let (mut dir, found) = self.walk(&components)?;
+        let missing = &components[found..];
+        if !missing.is_empty() && !self.auto_create {
+            return Err(WorkspaceError::Missing(components.join("/")));
+        }
+        for component in missing {
+            match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(errno) => return Err(self.io_error(&components, errno)),
+            }
+            dir = self.open_component(&dir, component, &components)?;
+        }
+        Ok(components.iter().fold(self.base.clone(), |path, c| path.join(c)))
+    }
+
+    /// Checks names and what already exists on disk, creating nothing; what `resolve` would refuse.
+    pub fn check(&self, user_id: &str, subdir: Option<&str>) -> Result<(), WorkspaceError> {
+        let components = Self::components(user_id, subdir)?;
+        let (_, found) = self.walk(&components)?;
+        if found < components.len() && !self.auto_create {
+            return Err(WorkspaceError::Missing(components.join("/")));
+        }
+        Ok(())
+    }
+
+    /// The path a checked workspace has (no file system access).
+    pub fn path_of(&self, user_id: &str, subdir: Option<&str>) -> PathBuf {
+        let mut path = self.base.join(user_id);
+        if let Some(subdir) = subdir {
+            path.extend(subdir.split('/'));
+        }
+        path
+    }
+
+    /// Opens an existing workspace directory without following links, for a child's `fchdir`.
+    pub fn open(&self, user_id: &str, subdir: Option<&str>) -> Result<OwnedFd, WorkspaceError> {
+        let components = Self::components(user_id, subdir)?;
+        let (dir, found) = self.walk(&components)?;
+        if found < components.len() {
+            return Err(WorkspaceError::Missing(components.join("/")));
+        }
+        Ok(dir)
+    }
+
+    fn components<'a>(user_id: &'a str, subdir: Option<&'a str>) -> Result<Vec<&'a str>, WorkspaceError> {
+        check_user_id(user_id)?;
+        let mut components = vec![user_id];
+        if let Some(subdir) = subdir {
+            components.extend(check_subdir(subdir)?);
+        }
+        Ok(components)
+    }
+
+    /// Opens the longest existing prefix; returns its descriptor and how many components exist.
+    fn walk(&self, components: &[&str]) -> Result<(OwnedFd, usize), WorkspaceError> {
+        let mut dir = rustix::fs::open(&self.base, dir_flags(), Mode::empty())
+            .map_err(|errno| self.io_error(&[], errno))?;
+        for (index, component) in components.iter().enumerate() {
+            match rustix::fs::openat(&dir, *component, dir_flags(), Mode::empty()) {
+                Ok(next) => dir = next,
+                Err(Errno::NOENT) => return Ok((dir, index)),
+                Err(errno) => {
+                    return Err(self.component_error(&dir, component, &components[..=index], errno));
+                }
+            }
+        }
+        Ok((dir, components.len()))
+    }
+
+    fn open_component(
+        &self,
+        dir: &OwnedFd,
+        component: &str,
+        all: &[&str],
+    ) -> Result<OwnedFd, WorkspaceError> {
+        rustix::fs::openat(dir, component, dir_flags(), Mode::empty())
+            .map_err(|errno| self.component_error(dir, component, all, errno))
+    }
+
+    fn component_error(&self, dir: &OwnedFd, component: &str, path: &[&str], errno: Errno) -> WorkspaceError {
+        // With O_DIRECTORY, Linux reports a link as ENOTDIR rather than ELOOP; look without following.
+        let is_link = || {
+            rustix::fs::statat(dir, component, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Symlink)
+        };
+        match errno {
+            Errno::LOOP => WorkspaceError::Symlink(component.to_string()),
+            Errno::NOTDIR if is_link() => WorkspaceError::Symlink(component.to_string()),
+            Errno::NOTDIR => WorkspaceError::NotADirectory(component.to_string()),
+            _ => self.io_error(path, errno),
+        }
+    }
+
+    fn io_error(&self, path: &[&str], errno: Errno) -> WorkspaceError {
+        WorkspaceError::Io {
+            path: path
+                .iter()
+                .fold(self.base.clone(), |p, c| p.join(c))
+                .display()
+                .to_string(),
+            source: errno.into(),
+        }
+    }
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}

@@ -1,0 +1,136 @@
+//! Configuration through the real binary: precedence, validation, redaction, healthcheck.
+
+use std::process::Command;
+
+use crate::support::TestServer;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_claude-agent-http"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CLAUDE_AGENT_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn print_config(yaml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&file)
+        .arg("print-config")
+        .envs(env.iter().copied())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn defaults_then_yaml_then_environment() {
+    let (ok, out, err) = print_config("", &[]);
+    assert!(ok, "{err}");
+    let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(config["api"]["port"], 8000);
+    assert_eq!(config["api"]["host"], "127.0.0.1");
+    assert_eq!(config["session"]["storage"], "sqlite");
+
+    let yaml = "api:\n  port: 9100\n  max_sessions: 9\nsession:\n  storage: memory\n";
+    let (ok, out, err) = print_config(yaml, &[]);
+    assert!(ok, "{err}");
+    let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(config["api"]["port"], 9100);
+    assert_eq!(config["session"]["storage"], "memory");
+
+    let env = [
+        ("CLAUDE_AGENT_API_PORT", "9200"),
+        ("CLAUDE_AGENT_SESSION_STORAGE", "sqlite"),
+        ("CLAUDE_AGENT_USER_BASE_DIR", "/srv/users"),
+        ("CLAUDE_AGENT_IDLE_SESSION_TIMEOUT", "42"),
+        ("CLAUDE_AGENT_API__MAX_LIVE_AGENTS", "3"),
+        ("CLAUDE_AGENT_DEFAULTS__PERMISSION_MODE", "acceptEdits"),
+    ];
+    let (ok, out, err) = print_config(yaml, &env);
+    assert!(ok, "{err}");
+    let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(config["api"]["port"], 9200);
+    assert_eq!(
+        config["api"]["max_sessions"], 9,
+        "YAML value kept where env is silent"
+    );
+    assert_eq!(config["session"]["storage"], "sqlite");
+    assert_eq!(config["user"]["base_dir"], "/srv/users");
+    assert_eq!(config["api"]["idle_session_timeout"], 42);
+    assert_eq!(config["api"]["max_live_agents"], 3);
+    assert_eq!(config["defaults"]["permission_mode"], "acceptEdits");
+}
+
+#[test]
+fn secrets_never_print() {
+    let (ok, out, _) = print_config(
+        "session:\n  pg_password: hunter2\n",
+        &[("CLAUDE_AGENT_SESSION_PG_PASSWORD", "s3cret")],
+    );
+    assert!(ok);
+    assert!(!out.contains("hunter2") && !out.contains("s3cret"), "{out}");
+}
+
+#[test]
+fn bad_config_fails_at_startup_naming_the_key() {
+    for (yaml, env, key) in [
+        ("api:\n  portt: 1\n", vec![], "portt"),
+        ("session:\n  ttl: -1\n", vec![], "session.ttl"),
+        ("api:\n  port: 0\n", vec![], "api.port"),
+        ("api:\n  port: 'x'\n", vec![], "api.port"),
+        (
+            "",
+            vec![("CLAUDE_AGENT_SESSION_TTL", "soon")],
+            "CLAUDE_AGENT_SESSION_TTL",
+        ),
+        (
+            "defaults:\n  permission_mode: yolo\n",
+            vec![],
+            "defaults.permission_mode",
+        ),
+    ] {
+        let (ok, _, err) = print_config(yaml, &env);
+        assert!(!ok, "{yaml} should fail");
+        assert!(err.contains(key), "error {err:?} should name {key}");
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (ok, _, err) = print_config(&format!("user:\n  base_dir: {}\n", file.path().display()), &[]);
+    assert!(!ok && err.contains("user.base_dir"), "{err}");
+    let output = binary()
+        .arg("--config")
+        .arg("/nonexistent/c.yaml")
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/c.yaml"));
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_follows_the_server() {
+    let mut server = TestServer::start("").await;
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let check = || {
+        binary()
+            .arg("healthcheck")
+            .env("CLAUDE_AGENT_API_PORT", &port)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        check().status.success(),
+        "{}",
+        String::from_utf8_lossy(&check().stderr)
+    );
+    assert_eq!(server.stop(), Some(0), "SIGTERM is a clean shutdown");
+    assert!(!check().status.success());
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary: stories that start the real server and speak HTTP to it.
+
+mod config;
+mod sessions_api;
+mod store;
+mod support;
+mod workspace_security;

@@ -1,0 +1,190 @@
+//! Starts the real server binary on a random loopback port with its own data folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A running server and the folder it keeps its data in.
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub client: Client,
+    dir: TempDir,
+    extra_yaml: String,
+}
+
+impl TestServer {
+    /// Starts a server on SQLite with `extra_yaml` appended to its config.
+    pub async fn start(extra_yaml: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, extra_yaml).await
+    }
+
+    async fn start_in(dir: TempDir, extra_yaml: &str) -> TestServer {
+        let config = dir.path().join("config.yaml");
+        let yaml = format!(
+            "data_dir: {data}\napi:\n  port: 0\n{extra_yaml}",
+            data = dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).expect("write config");
+        let port_file = dir.path().join("port");
+        let _ = std::fs::remove_file(&port_file);
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_claude-agent-http"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .arg("--port-file")
+            .arg(&port_file)
+            .env("RUST_LOG", "info,claude_agent_http=debug")
+            .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        let addr = wait_for_file(&port_file, Duration::from_secs(20)).await;
+        TestServer {
+            child: Some(child),
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            dir,
+            extra_yaml: extra_yaml.to_string(),
+        }
+    }
+
+    /// The server's data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit; returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data folder and config.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let extra = self.extra_yaml.clone();
+        Self::start_in(dir, &extra).await
+    }
+
+    /// A client acting as one user.
+    pub fn user(&self, id: &str) -> User<'_> {
+        User {
+            server: self,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.url(path)).send().await.expect("DELETE")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One user of the service.
+pub struct User<'a> {
+    pub server: &'a TestServer,
+    pub id: String,
+}
+
+impl User<'_> {
+    /// Creates a session (optionally in a subdir) and returns its JSON; panics unless 201.
+    pub async fn create_session(&self, subdir: Option<&str>) -> Value {
+        let response = self.try_create_session(subdir).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn try_create_session(&self, subdir: Option<&str>) -> Response {
+        let mut body = json!({"user_id": self.id});
+        if let Some(subdir) = subdir {
+            body["subdir"] = json!(subdir);
+        }
+        self.server.post("/api/v1/sessions", body).await
+    }
+
+    /// The user's session ids.
+    pub async fn session_ids(&self) -> Vec<String> {
+        let response = self
+            .server
+            .get(&format!("/api/v1/sessions?user_id={}", self.id))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+}
+
+/// Polls until `path` exists and is non-empty; returns its contents.
+pub async fn wait_for_file(path: &Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads a JSON body, asserting the status first.
+pub async fn expect_json(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    body
+}
