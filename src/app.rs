@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
+use crate::agent::{cli, tree};
 use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
 use crate::sessions::Sessions;
@@ -59,11 +60,25 @@ impl App {
                 source,
             }
         })?;
-        let sessions = Arc::new(Sessions::new(&config, store, workspaces));
+        let agents_root = crate::sessions::agents_root(&config);
+        if agents_root.starts_with(workspaces.base()) || workspaces.base().starts_with(&agents_root) {
+            return Err(StartupError::Storage(format!(
+                "user.base_dir ({}) and the agents' config folder ({}) must not contain each other",
+                workspaces.base().display(),
+                agents_root.display()
+            )));
+        }
+        if let Err(e) = tree::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
+        }
+        let cli = find_cli(&config).await;
+        let sessions = Arc::new(Sessions::new(&config, store, workspaces, cli));
+        tokio::spawn(sessions.agents().clone().supervise());
         let state = AppState {
             sessions: sessions.clone(),
             started: Instant::now(),
             storage_type: config.session.storage.as_str(),
+            keepalive: Duration::from_secs(config.api.keepalive_seconds),
         };
         let router = http::router(state, &config);
         let addr = format!("{}:{}", config.api.host, config.api.port);
@@ -96,14 +111,50 @@ impl App {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then drains connections.
+    /// Serves until `shutdown` completes; then stops every agent (ending open streams) and drains
+    /// connections. No agent process outlives this call.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(listen = %self.local_addr(), "serving");
-        let _sessions = self.sessions;
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        let sessions = self.sessions.clone();
+        let signal = async move {
+            shutdown.await;
+            // Stopping the agents ends running turns, so their SSE streams close and the
+            // graceful drain below can finish.
+            let agents = sessions.agents().clone();
+            tokio::spawn(async move {
+                agents.shutdown().await;
+                let _ = stopped_tx.send(());
+            });
+        };
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(signal)
+            .await;
+        self.sessions.agents().shutdown().await;
+        let _ = stopped_rx.await;
+        served
     }
+}
+
+/// Finds (or installs) the CLI once at startup; a missing CLI is logged, and turns then answer
+/// `agent_unavailable` while the session API keeps working.
+async fn find_cli(config: &Config) -> Result<std::path::PathBuf, String> {
+    let configured = config.defaults.cli_path.clone();
+    let install_dir = cli::install_dir(&config.data_dir);
+    let auto = config.defaults.cli_auto_install;
+    let found = tokio::task::spawn_blocking(move || {
+        let found = cli::find_or_install(configured.as_deref(), &install_dir, auto);
+        if let Ok(path) = &found {
+            cli::log_version(path);
+        }
+        found
+    })
+    .await
+    .expect("CLI lookup task");
+    found.map_err(|e| {
+        tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
+        e.to_string()
+    })
 }
 
 /// Purges expired sessions in the background (reads already hide them).

@@ -107,12 +107,34 @@ pub fn become_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reaps zombie children that nobody else waits for (orphans adopted as subreaper).
-/// Only pids in `orphans` are waited on, so `tokio::process` keeps its own children's statuses.
-pub fn reap(orphans: &HashSet<u32>) {
+/// Waits on the listed zombie children (only those: `tokio::process` collects its own).
+fn reap(orphans: &HashSet<u32>) {
     for &pid in orphans {
         if let Some(pid) = Pid::from_raw(pid as i32) {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
         }
     }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Reaps zombie children of this process that tokio does not own (orphans we adopted as
+/// subreaper); `owned` are the pids whose status `tokio::process` collects itself.
+pub fn reap_zombie_children(owned: &HashSet<u32>) {
+    let me = std::process::id();
+    let zombies: HashSet<u32> = parents()
+        .into_iter()
+        .filter(|(pid, ppid)| *ppid == me && !owned.contains(pid) && !is_alive(*pid))
+        .map(|(pid, _)| pid)
+        .collect();
+    reap(&zombies);
 }

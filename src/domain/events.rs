@@ -85,6 +85,7 @@ pub enum TurnErrorCode {
     BudgetExceeded,
     AgentCrashed,
     ModelError,
+    AgentUnavailable,
     ServiceShutdown,
 }
 
@@ -98,6 +99,7 @@ impl TurnErrorCode {
             TurnErrorCode::BudgetExceeded => "budget_exceeded",
             TurnErrorCode::AgentCrashed => "agent_crashed",
             TurnErrorCode::ModelError => "model_error",
+            TurnErrorCode::AgentUnavailable => "agent_unavailable",
             TurnErrorCode::ServiceShutdown => "service_shutdown",
         }
     }

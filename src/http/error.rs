@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::TurnErrorCode;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
 use crate::workspace::WorkspaceError;
@@ -63,12 +64,31 @@ impl From<SessionError> for ApiError {
                 WorkspaceError::Missing(_) => (S::BAD_REQUEST, "workspace_missing"),
                 WorkspaceError::Io { .. } => (S::INTERNAL_SERVER_ERROR, "workspace_error"),
             },
+            SessionError::Busy(_) => (S::CONFLICT, "session_busy"),
+            SessionError::NoCapacity(_) => (S::SERVICE_UNAVAILABLE, "agent_capacity_reached"),
+            SessionError::AgentUnavailable(_) => (S::SERVICE_UNAVAILABLE, "agent_unavailable"),
+            SessionError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "service_shutting_down"),
             SessionError::Store(StoreError::LimitReached(_)) => {
                 (S::TOO_MANY_REQUESTS, "session_limit_reached")
             }
             SessionError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         ApiError::new(status, code, detail)
+    }
+}
+
+impl ApiError {
+    /// A failed turn, for the synchronous chat endpoint.
+    pub fn turn_failed(code: TurnErrorCode, message: String) -> Self {
+        use StatusCode as S;
+        let status = match code {
+            TurnErrorCode::TurnTimeout => S::GATEWAY_TIMEOUT,
+            TurnErrorCode::Interrupted => S::CONFLICT,
+            TurnErrorCode::MaxTurns | TurnErrorCode::BudgetExceeded => S::UNPROCESSABLE_ENTITY,
+            TurnErrorCode::AgentCrashed | TurnErrorCode::ModelError => S::BAD_GATEWAY,
+            TurnErrorCode::AgentUnavailable | TurnErrorCode::ServiceShutdown => S::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, code.as_str(), message)
     }
 }
 

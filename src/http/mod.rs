@@ -2,6 +2,7 @@
 //! mapping, the OpenAPI document and the middleware stack. Handlers call `sessions` and nothing
 //! below it.
 
+pub mod chat;
 pub mod error;
 pub mod health;
 pub mod sessions;
@@ -28,12 +29,14 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub started: Instant,
     pub storage_type: &'static str,
+    /// Interval of SSE keep-alive comments.
+    pub keepalive: Duration,
 }
 
 impl AppState {
     /// How many sessions have a live agent process.
     pub fn live_agents(&self) -> u64 {
-        0
+        self.sessions.agents().live_count() as u64
     }
 }
 
@@ -44,9 +47,11 @@ impl AppState {
     paths(
         health::root, health::health,
         sessions::create_session, sessions::list_sessions, sessions::get_session,
-        sessions::resume_session, sessions::delete_session,
+        sessions::resume_session, sessions::delete_session, sessions::interrupt_session,
+        chat::chat, chat::chat_stream,
     ),
     tags((name = "sessions", description = "Create, inspect, resume and delete sessions"),
+         (name = "chat", description = "Talk to a session's agent, whole or streamed"),
          (name = "service", description = "Health and service information")),
 )]
 pub struct ApiDoc;
@@ -68,6 +73,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/api/v1/sessions/{session_id}/resume",
             post(sessions::resume_session),
         )
+        .route(
+            "/api/v1/sessions/{session_id}/interrupt",
+            post(sessions::interrupt_session),
+        )
+        .route("/api/v1/chat", post(chat::chat))
+        .route("/api/v1/chat/stream", post(chat::chat_stream))
         .route("/health", get(health::health))
         .route("/", get(health::root))
         .with_state(state);

@@ -143,3 +143,26 @@ pub async fn delete_session(
     tracing::info!(session.id = %id, "session deleted");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The answer to an interrupt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InterruptResponse {
+    pub session_id: String,
+    /// Whether a running turn was told to stop (it then ends with `error` code `interrupted`).
+    pub interrupted: bool,
+}
+
+/// Stop the session's running turn, including a running tool; the session stays usable.
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/interrupt", tag = "sessions",
+    responses((status = 200, body = InterruptResponse), (status = 404, body = ErrorBody)))]
+pub async fn interrupt_session(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<Json<InterruptResponse>, ApiError> {
+    let id = parse_id(&session_id)?;
+    let interrupted = state.sessions.interrupt(id).await?;
+    Ok(Json(InterruptResponse {
+        session_id: id.to_string(),
+        interrupted,
+    }))
+}

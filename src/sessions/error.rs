@@ -15,6 +15,18 @@ pub enum SessionError {
     /// The user id or subdirectory was refused.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// A turn is already running in this session.
+    #[error("Session {0} is busy with another message")]
+    Busy(String),
+    /// No agent process can be started: all are busy at the configured limits.
+    #[error("No capacity for another agent: {0}")]
+    NoCapacity(String),
+    /// The agent cannot be started (no CLI, spawn failure).
+    #[error("The agent is unavailable: {0}")]
+    AgentUnavailable(String),
+    /// The service is shutting down.
+    #[error("The service is shutting down")]
+    ShuttingDown,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -2,18 +2,24 @@
 //! rules that span the store and the workspaces (limits, leaving nothing behind on a rejection).
 //! It must not know about HTTP.
 
+mod agents;
 mod error;
+mod turn;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::domain::{AgentOptions, SessionId, SessionRecord};
+use crate::domain::{AgentOptions, SessionId, SessionRecord, TurnEvent};
 use crate::store::{Limits, SessionStore, StoreError};
 use crate::workspace::Workspaces;
 
+pub use agents::{AgentPool, config_root as agents_root};
 pub use error::SessionError;
 
 /// What a client asks for when creating a session.
@@ -30,13 +36,20 @@ pub struct Sessions {
     workspaces: Workspaces,
     limits: Limits,
     defaults: AgentOptions,
+    agents: Arc<AgentPool>,
 }
 
 impl Sessions {
-    /// Wires the service from its parts.
-    pub fn new(config: &Config, store: Arc<dyn SessionStore>, workspaces: Workspaces) -> Self {
+    /// Wires the service from its parts; `cli` is the Claude Code CLI (or why there is none).
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        workspaces: Workspaces,
+        cli: Result<PathBuf, String>,
+    ) -> Self {
         Sessions {
             store,
+            agents: Arc::new(AgentPool::new(config, cli, workspaces.clone())),
             workspaces,
             limits: Limits {
                 max_total: config.api.max_sessions,
@@ -99,25 +112,80 @@ impl Sessions {
         Ok(self.store.list_by_user(user_id).await?)
     }
 
-    /// Marks the session active again and returns it.
+    /// Marks the session active again, starts its agent process if none is live, and returns it.
     pub async fn resume(&self, id: SessionId) -> Result<SessionRecord, SessionError> {
         if !self.store.touch(id, Utc::now(), 0).await? {
             return Err(SessionError::NotFound(id.to_string()));
         }
-        self.get(id).await
+        let record = self.get(id).await?;
+        let slot = self.agents.slot(&record)?;
+        // A running turn already has the process; otherwise start it now so the next message is warm.
+        if let Ok(mut guard) = slot.process.try_lock()
+            && guard.as_ref().is_none_or(|p| p.has_exited())
+        {
+            *guard = Some(self.agents.start(&slot, &record).await?);
+        }
+        slot.touch();
+        Ok(record)
     }
 
-    /// Deletes the session for good.
+    /// Deletes the session for good: its record, its process and everything the CLI kept about it.
     pub async fn delete(&self, id: SessionId) -> Result<(), SessionError> {
+        let record = self.get(id).await;
         if !self.store.delete(id).await? {
             return Err(SessionError::NotFound(id.to_string()));
+        }
+        if let Ok(record) = record {
+            self.agents.forget(id, &record.user_id).await;
         }
         Ok(())
     }
 
-    /// Removes expired sessions; returns how many.
+    /// Removes expired sessions, their processes and transcripts; returns how many.
     pub async fn purge_expired(&self) -> Result<usize, SessionError> {
-        Ok(self.store.purge_expired().await?.len())
+        let purged = self.store.purge_expired().await?;
+        for record in &purged {
+            self.agents.forget(record.session_id, &record.user_id).await;
+        }
+        Ok(purged.len())
+    }
+
+    /// Starts a turn; its events arrive on the returned channel, the last one terminal.
+    /// Refuses (before anything starts) an unknown session or one already running a turn.
+    pub async fn start_turn(
+        &self,
+        id: SessionId,
+        message: String,
+        timeout: Option<Duration>,
+    ) -> Result<mpsc::UnboundedReceiver<TurnEvent>, SessionError> {
+        let record = self.get(id).await?;
+        let slot = self.agents.slot(&record)?;
+        if !slot.try_claim() {
+            return Err(SessionError::Busy(id.to_string()));
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        let turn = turn::Turn {
+            pool: self.agents.clone(),
+            store: self.store.clone(),
+            slot,
+            record,
+            message,
+            timeout,
+            events,
+        };
+        tokio::spawn(turn.run());
+        Ok(receiver)
+    }
+
+    /// Stops the session's running turn; false if none was running.
+    pub async fn interrupt(&self, id: SessionId) -> Result<bool, SessionError> {
+        self.get(id).await?;
+        Ok(self.agents.interrupt(id))
+    }
+
+    /// The live agents.
+    pub fn agents(&self) -> &Arc<AgentPool> {
+        &self.agents
     }
 
     /// How many unexpired sessions exist.

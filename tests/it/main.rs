@@ -1,6 +1,8 @@
 //! One integration-test binary: stories that start the real server and speak HTTP to it.
 
+mod chat;
 mod config;
+mod lifecycle;
 mod sessions_api;
 mod store;
 mod support;

@@ -1,5 +1,8 @@
-//! Test support: the real server on a random port, and (later) the model stand-in.
+//! Test support: the real server on a random port, the real CLI, and the model stand-in (the only
+//! fake in the suite).
 
+pub mod agent;
+pub mod model;
 pub mod server;
 
 pub use server::{TestServer, expect_json};

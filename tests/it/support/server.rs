@@ -15,16 +15,22 @@ pub struct TestServer {
     pub client: Client,
     dir: TempDir,
     extra_yaml: String,
+    env: Vec<(String, String)>,
 }
 
 impl TestServer {
     /// Starts a server on SQLite with `extra_yaml` appended to its config.
     pub async fn start(extra_yaml: &str) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, extra_yaml).await
+        Self::start_with_env(extra_yaml, Vec::new()).await
     }
 
-    async fn start_in(dir: TempDir, extra_yaml: &str) -> TestServer {
+    /// Starts a server with extra environment variables (e.g. where the model lives).
+    pub async fn start_with_env(extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, extra_yaml, env).await
+    }
+
+    async fn start_in(dir: TempDir, extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
         let config = dir.path().join("config.yaml");
         let yaml = format!(
             "data_dir: {data}\napi:\n  port: 0\n{extra_yaml}",
@@ -34,7 +40,16 @@ impl TestServer {
         let port_file = dir.path().join("port");
         let _ = std::fs::remove_file(&port_file);
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_claude-agent-http"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_claude-agent-http"));
+        // SAFETY: only an async-signal-safe prctl between fork and exec: the server dies with the
+        // test process even when the test runner kills it, so no server outlives its test.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -42,6 +57,7 @@ impl TestServer {
             .arg(&port_file)
             .env("RUST_LOG", "info,claude_agent_http=debug")
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -53,12 +69,23 @@ impl TestServer {
             client: Client::new(),
             dir,
             extra_yaml: extra_yaml.to_string(),
+            env,
         }
     }
 
     /// The server's data folder.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     /// Stops the server with SIGTERM and waits for it to exit; returns its exit status code.
@@ -86,7 +113,8 @@ impl TestServer {
         self.stop();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let extra = self.extra_yaml.clone();
-        Self::start_in(dir, &extra).await
+        let env = std::mem::take(&mut self.env);
+        Self::start_in(dir, &extra, env).await
     }
 
     /// A client acting as one user.

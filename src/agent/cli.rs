@@ -1,0 +1,152 @@
+//! Finding the Claude Code CLI: `defaults.cli_path`, else `claude` on PATH, else the copy this
+//! service installed under its data folder; when none exists and npm does, installing the pinned,
+//! tested version there (once, under a file lock, so parallel tests and instances share one copy).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The npm package of the CLI.
+pub const CLI_PACKAGE: &str = "@anthropic-ai/claude-code";
+/// The CLI version this service is tested against (flags and messages change between releases).
+pub const TESTED_CLI_VERSION: &str = "2.1.197";
+
+/// Why no CLI could be found or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `defaults.cli_path` points to nothing executable.
+    #[error("defaults.cli_path {0} is not an executable file")]
+    ConfiguredMissing(PathBuf),
+    /// Nothing was found and installing is off or impossible.
+    #[error("no Claude Code CLI found ({0}); set defaults.cli_path or install {CLI_PACKAGE}")]
+    NotFound(String),
+    /// npm failed.
+    #[error("installing {CLI_PACKAGE}@{TESTED_CLI_VERSION} with npm failed: {0}")]
+    Install(String),
+}
+
+/// Where the service installs its own copy of the CLI.
+pub fn install_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cli")
+}
+
+fn installed_binary(dir: &Path) -> PathBuf {
+    dir.join("node_modules").join(".bin").join("claude")
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Finds the CLI, installing the pinned version into `install_dir` if allowed and needed.
+/// Blocking: call from a blocking context.
+pub fn find_or_install(
+    configured: Option<&Path>,
+    install_dir: &Path,
+    auto_install: bool,
+) -> Result<PathBuf, CliError> {
+    if let Some(path) = configured {
+        return if is_executable(path) {
+            Ok(path.to_owned())
+        } else {
+            Err(CliError::ConfiguredMissing(path.to_owned()))
+        };
+    }
+    if let Some(path) = on_path("claude") {
+        return Ok(path);
+    }
+    let installed = installed_binary(install_dir);
+    if is_executable(&installed) {
+        return Ok(installed);
+    }
+    if !auto_install {
+        return Err(CliError::NotFound(
+            "auto-install is off (defaults.cli_auto_install)".into(),
+        ));
+    }
+    let Some(npm) = on_path("npm") else {
+        return Err(CliError::NotFound("npm is not on PATH to install it".into()));
+    };
+    install(&npm, install_dir)?;
+    Ok(installed)
+}
+
+/// Installs the pinned CLI into `dir` unless another process did while we waited for the lock.
+fn install(npm: &Path, dir: &Path) -> Result<(), CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::Install(e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+    let lock = File::create(dir.join(".install.lock")).map_err(|e| failed(&e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| failed(&e))?;
+    if is_executable(&installed_binary(dir)) {
+        return Ok(());
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        "no Claude Code CLI found: installing {CLI_PACKAGE}@{TESTED_CLI_VERSION} with npm (once)"
+    );
+    let output = Command::new(npm)
+        .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+        .arg(dir)
+        .arg(format!("{CLI_PACKAGE}@{TESTED_CLI_VERSION}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(&e))?;
+    if !output.status.success() || !is_executable(&installed_binary(dir)) {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        return Err(CliError::Install(
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+        ));
+    }
+    Ok(())
+}
+
+/// The CLI's version (`claude --version` prints e.g. `2.1.197 (Claude Code)`), if it answers.
+pub fn version(cli: &Path) -> Option<String> {
+    let mut child = Command::new(cli)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // A broken binary must not hang startup.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().ok()?.is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+    out.split_whitespace().next().map(str::to_string)
+}
+
+/// Logs which CLI is used and warns when it is not the tested version.
+pub fn log_version(cli: &Path) {
+    match version(cli) {
+        Some(v) if v == TESTED_CLI_VERSION => {
+            tracing::info!(cli.path = %cli.display(), cli.version = %v, "Claude Code CLI")
+        }
+        Some(v) => tracing::warn!(
+            cli.path = %cli.display(), cli.version = %v, cli.tested = TESTED_CLI_VERSION,
+            "Claude Code CLI version differs from the tested one; flags or messages may not match"
+        ),
+        None => tracing::warn!(cli.path = %cli.display(), "Claude Code CLI did not report a version"),
+    }
+}

@@ -1,0 +1,184 @@
+//! `/api/v1/chat` (one JSON answer per turn) and `/api/v1/chat/stream` (SSE: token deltas, tool
+//! calls and results, then exactly one `done` or `error`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::sessions::parse_id;
+use crate::domain::{ToolCall, TurnEvent, TurnOutcome, TurnUsage};
+
+/// A message for a session's agent.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChatRequest {
+    pub session_id: String,
+    /// What the user says; must not be empty.
+    pub message: String,
+    /// Seconds after which the turn is interrupted (sync: 504 `turn_timeout`; stream: `error` event).
+    pub timeout: Option<f64>,
+}
+
+/// The agent's whole answer to one message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChatResponse {
+    pub session_id: String,
+    /// All text the agent said in the turn, in order.
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub timestamp: DateTime<Utc>,
+    pub usage: TurnUsage,
+    /// This turn's own cost.
+    pub total_cost_usd: f64,
+    pub duration_ms: u64,
+    pub num_turns: u64,
+    pub stop_reason: Option<String>,
+}
+
+fn validate(request: &ChatRequest) -> Result<Option<Duration>, ApiError> {
+    if request.message.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "message must not be empty",
+        ));
+    }
+    match request.timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t > 0.0 && t <= 86_400.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "timeout must be a number of seconds between 0 and 86400",
+        )),
+    }
+}
+
+/// Send a message and wait for the whole answer.
+#[utoipa::path(post, path = "/api/v1/chat", tag = "chat", request_body = ChatRequest,
+    responses(
+        (status = 200, body = ChatResponse),
+        (status = 404, description = "session_not_found", body = ErrorBody),
+        (status = 409, description = "session_busy, or interrupted", body = ErrorBody),
+        (status = 422, description = "invalid request; max_turns or budget_exceeded", body = ErrorBody),
+        (status = 502, description = "agent_crashed or model_error", body = ErrorBody),
+        (status = 503, description = "agent_unavailable, agent_capacity_reached", body = ErrorBody),
+        (status = 504, description = "turn_timeout", body = ErrorBody)))]
+pub async fn chat(
+    State(state): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Json<ChatResponse>, ApiError> {
+    let Json(request) = body?;
+    let timeout = validate(&request)?;
+    let id = parse_id(&request.session_id)?;
+    let mut events = state.sessions.start_turn(id, request.message, timeout).await?;
+    while let Some(event) = events.recv().await {
+        match event {
+            TurnEvent::Done(outcome) => return Ok(Json(response(id.to_string(), outcome))),
+            TurnEvent::Error { code, message, .. } => return Err(ApiError::turn_failed(code, message)),
+            _ => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the turn ended without a result",
+    ))
+}
+
+fn response(session_id: String, outcome: TurnOutcome) -> ChatResponse {
+    ChatResponse {
+        session_id,
+        text: outcome.text,
+        tool_calls: outcome.tool_calls,
+        timestamp: Utc::now(),
+        usage: outcome.usage,
+        total_cost_usd: outcome.total_cost_usd,
+        duration_ms: outcome.duration_ms,
+        num_turns: outcome.num_turns,
+        stop_reason: outcome.stop_reason,
+    }
+}
+
+/// Send a message and stream the answer as server-sent events.
+///
+/// Each event is one `data:` line of JSON with an `id:`; `type` is one of `text_delta {text}`,
+/// `tool_use {tool_name, tool_input, tool_use_id}`, `tool_result {tool_use_id, content, is_error}`,
+/// `api_retry {attempt, max_retries, retry_delay_ms, error_status}`, and exactly one terminal
+/// `done {text, usage, total_cost_usd, duration_ms, num_turns, stop_reason}` or `error {error, code}`.
+#[utoipa::path(post, path = "/api/v1/chat/stream", tag = "chat", request_body = ChatRequest,
+    responses(
+        (status = 200, description = "text/event-stream of turn events", content_type = "text/event-stream"),
+        (status = 404, description = "session_not_found", body = ErrorBody),
+        (status = 409, description = "session_busy", body = ErrorBody)))]
+pub async fn chat_stream(
+    State(state): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let timeout = validate(&request)?;
+    let id = parse_id(&request.session_id)?;
+    let events = state.sessions.start_turn(id, request.message, timeout).await?;
+    let stream = UnboundedReceiverStream::new(events)
+        .enumerate()
+        .map(|(index, event)| {
+            Ok::<_, Infallible>(
+                Event::default()
+                    .id((index + 1).to_string())
+                    .data(event_json(&event).to_string()),
+            )
+        });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.keepalive).text("keep-alive"));
+    // Proxies must not buffer a token stream.
+    Ok(([("x-accel-buffering", "no"), ("cache-control", "no-cache")], sse).into_response())
+}
+
+/// The wire form of one event.
+pub fn event_json(event: &TurnEvent) -> Value {
+    match event {
+        TurnEvent::TextDelta(text) => json!({"type": "text_delta", "text": text}),
+        TurnEvent::ToolUse { name, input, id } => {
+            json!({"type": "tool_use", "tool_name": name, "tool_input": input, "tool_use_id": id})
+        }
+        TurnEvent::ToolResult {
+            id,
+            content,
+            is_error,
+        } => {
+            json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error})
+        }
+        TurnEvent::ApiRetry {
+            attempt,
+            max_retries,
+            delay_ms,
+            status,
+        } => json!({
+            "type": "api_retry", "attempt": attempt, "max_retries": max_retries,
+            "retry_delay_ms": delay_ms, "error_status": status,
+        }),
+        TurnEvent::Done(outcome) => json!({
+            "type": "done",
+            "text": outcome.text,
+            "usage": outcome.usage,
+            "total_cost_usd": outcome.total_cost_usd,
+            "duration_ms": outcome.duration_ms,
+            "num_turns": outcome.num_turns,
+            "stop_reason": outcome.stop_reason,
+        }),
+        TurnEvent::Error { code, message, .. } => {
+            json!({"type": "error", "error": message, "code": code.as_str()})
+        }
+    }
+}

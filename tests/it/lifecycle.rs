@@ -1,0 +1,233 @@
+//! Process lifecycle stories: interrupt, crash, disconnect, delete, idle eviction, the live cap,
+//! restart and shutdown. Nothing may outlive its session.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::agent::{AgentServer, cmdline, eventually, session_processes, wait_no_processes};
+use crate::support::expect_json;
+
+/// Pids of `sleep 60` processes belonging to a session.
+fn sleeps(session: &str) -> Vec<u32> {
+    session_processes(session)
+        .into_iter()
+        .filter(|pid| cmdline(*pid).starts_with("sleep 60"))
+        .collect()
+}
+
+#[tokio::test]
+async fn interrupt_stops_a_running_tool_and_the_session_stays_usable() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    let mut stream = app.stream(&id, "tool Bash {\"command\": \"sleep 60\"}").await;
+    stream.until("tool_use").await;
+    eventually("sleep to start", Duration::from_secs(10), || {
+        !sleeps(&id).is_empty()
+    })
+    .await;
+    let asked = Instant::now();
+    let answer = expect_json(
+        app.server
+            .post(&format!("/api/v1/sessions/{id}/interrupt"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(answer["interrupted"], true);
+    let events = stream.collect().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.data["type"], "error", "{events:?}");
+    assert_eq!(last.data["code"], "interrupted");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "interrupt took {:?}",
+        asked.elapsed()
+    );
+    eventually("sleep to be gone", Duration::from_secs(1), || {
+        sleeps(&id).is_empty()
+    })
+    .await;
+    assert_eq!(app.chat_ok(&id, "still here").await["text"], "echo: still here");
+    // Nothing to interrupt now.
+    let answer = expect_json(
+        app.server
+            .post(&format!("/api/v1/sessions/{id}/interrupt"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(answer["interrupted"], false);
+}
+
+#[tokio::test]
+async fn a_killed_cli_fails_its_turn_and_the_next_turn_resumes_the_conversation() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "remember the number 42").await;
+    let mut stream = app.stream(&id, "tool Bash {\"command\": \"sleep 60\"}").await;
+    stream.until("tool_use").await;
+    eventually("sleep to start", Duration::from_secs(10), || {
+        !sleeps(&id).is_empty()
+    })
+    .await;
+    let cli = session_processes(&id)
+        .into_iter()
+        .find(|pid| !cmdline(*pid).starts_with("sleep"))
+        .expect("the CLI");
+    assert!(cmdline(cli).contains("claude"), "{}", cmdline(cli));
+    std::process::Command::new("kill")
+        .args(["-9", &cli.to_string()])
+        .status()
+        .unwrap();
+    let events = stream.collect().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.data["type"], "error", "{events:?}");
+    assert_eq!(last.data["code"], "agent_crashed");
+    wait_no_processes(&id, Duration::from_secs(5)).await;
+    let answer = app.chat_ok(&id, "recall").await;
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .contains("remember the number 42"),
+        "{answer}"
+    );
+    let log = app.server.log();
+    assert!(log.contains("agent died mid-turn"), "the crash is logged");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_stop_its_turn_and_nothing_leaks() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    let mut stream = app.stream(&id, "words 20 50").await;
+    stream.until("text_delta").await;
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.session_json(&id).await["message_count"] != 1 {
+        assert!(Instant::now() < deadline, "the abandoned turn never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = app.chat_ok(&id, "next").await;
+    assert_eq!(
+        answer["text"], "echo: next",
+        "the abandoned turn leaked: {answer}"
+    );
+    let answer = app.chat_ok(&id, "recall").await;
+    assert_eq!(answer["text"], "recall: words 20 50 | next");
+}
+
+#[tokio::test]
+async fn a_deleted_session_is_gone_for_good_with_its_process_and_transcript() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "secret plans").await;
+    let config_dir = app.server.data_dir().join("agents/alice");
+    let transcript_exists = || {
+        std::fs::read_dir(config_dir.join("projects"))
+            .map(|dirs| {
+                dirs.flatten()
+                    .any(|d| d.path().join(format!("{id}.jsonl")).exists())
+            })
+            .unwrap_or(false)
+    };
+    eventually("the transcript", Duration::from_secs(10), transcript_exists).await;
+    assert!(!session_processes(&id).is_empty());
+    assert_eq!(
+        app.server
+            .delete(&format!("/api/v1/sessions/{id}"))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        session_processes(&id).is_empty(),
+        "delete returns after the process is gone"
+    );
+    assert!(!transcript_exists(), "the transcript is removed");
+    for response in [
+        app.server
+            .post(&format!("/api/v1/sessions/{id}/resume"), json!({}))
+            .await,
+        app.chat(&id, "hello?").await,
+    ] {
+        assert_eq!(
+            expect_json(response, StatusCode::NOT_FOUND).await["code"],
+            "session_not_found"
+        );
+    }
+    app.wait_live_agents(0, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn idle_agents_are_stopped_and_the_conversation_resumes() {
+    let app = AgentServer::start("api:\n  idle_session_timeout: 1\n").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "first words").await;
+    app.wait_live_agents(0, Duration::from_secs(15)).await;
+    wait_no_processes(&id, Duration::from_secs(5)).await;
+    let answer = app.chat_ok(&id, "recall").await;
+    assert_eq!(answer["text"], "recall: first words");
+}
+
+#[tokio::test]
+async fn the_live_cap_evicts_the_least_recently_used_idle_agent() {
+    let app = AgentServer::start("api:\n  max_live_agents: 1\n").await;
+    let (a, _) = app.session("alice").await;
+    let (b, _) = app.session("bob").await;
+    app.chat_ok(&a, "alpha").await;
+    app.chat_ok(&b, "beta").await;
+    app.wait_live_agents(1, Duration::from_secs(5)).await;
+    assert!(session_processes(&a).is_empty(), "a was evicted for b");
+    assert_eq!(app.chat_ok(&a, "recall").await["text"], "recall: alpha");
+    assert!(session_processes(&b).is_empty(), "b was evicted for a");
+}
+
+#[tokio::test]
+async fn resume_starts_the_process_and_a_restart_keeps_every_conversation() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    let (untouched, _) = app.session("alice").await;
+    app.chat_ok(&id, "before restart").await;
+    let app = app.restart().await;
+    assert!(session_processes(&id).is_empty(), "shutdown stopped the agent");
+    let resumed = expect_json(
+        app.server
+            .post(&format!("/api/v1/sessions/{id}/resume"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resumed["message_count"], 1);
+    app.wait_live_agents(1, Duration::from_secs(5)).await;
+    assert_eq!(app.chat_ok(&id, "recall").await["text"], "recall: before restart");
+    assert_eq!(app.chat_ok(&untouched, "fresh").await["text"], "echo: fresh");
+}
+
+#[tokio::test]
+async fn shutdown_leaves_no_agent_or_tool_process_behind() {
+    let mut app = AgentServer::start("").await;
+    let (idle, _) = app.session("alice").await;
+    let (busy, _) = app.session("bob").await;
+    app.chat_ok(&idle, "hello").await;
+    let mut stream = app.stream(&busy, "tool Bash {\"command\": \"sleep 60\"}").await;
+    stream.until("tool_use").await;
+    eventually("sleep to start", Duration::from_secs(10), || {
+        !sleeps(&busy).is_empty()
+    })
+    .await;
+    let server_pid = app.server.pid();
+    assert_eq!(app.server.stop(), Some(0));
+    let events = stream.collect().await;
+    assert_eq!(events.last().unwrap().data["type"], "error", "{events:?}");
+    for session in [&idle, &busy] {
+        assert!(
+            session_processes(session).is_empty(),
+            "{session} left {:?}",
+            session_processes(session)
+        );
+    }
+    assert!(claude_agent_http::agent::tree::descendants(server_pid).is_empty());
+}

@@ -1,0 +1,268 @@
+//! Agent-backed servers: the real CLI (found or installed once per checkout by the service's own
+//! lookup), pointed at the model stand-in; SSE reading; inspecting a session's processes.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use claude_agent_http::agent::{cli, tree};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::model::ModelStandIn;
+use super::server::TestServer;
+
+/// The CLI every test uses: on PATH, or installed once into `target/claude-cli`.
+pub fn cli_path() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("claude-cli");
+        cli::find_or_install(None, &dir, true).expect("the Claude Code CLI is needed for agent tests")
+    })
+    .clone()
+}
+
+/// A server whose agents talk to a fresh model stand-in.
+pub struct AgentServer {
+    pub server: TestServer,
+    pub model: ModelStandIn,
+}
+
+impl AgentServer {
+    /// Starts the stand-in and a server using it; `extra_yaml` is appended to the config.
+    pub async fn start(extra_yaml: &str) -> AgentServer {
+        let model = ModelStandIn::start().await;
+        let cli = tokio::task::spawn_blocking(cli_path).await.expect("cli lookup");
+        let yaml = format!(
+            "defaults:\n  cli_path: {cli}\n  env:\n    CLAUDE_CODE_MAX_RETRIES: '0'\n{extra_yaml}",
+            cli = cli.display()
+        );
+        let env = vec![
+            ("ANTHROPIC_BASE_URL".to_string(), model.base_url()),
+            ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
+        ];
+        let server = TestServer::start_with_env(&yaml, env).await;
+        AgentServer { server, model }
+    }
+
+    /// Restarts the server on the same data, keeping the stand-in.
+    pub async fn restart(self) -> AgentServer {
+        AgentServer {
+            server: self.server.restart().await,
+            model: self.model,
+        }
+    }
+
+    /// Creates a session for `user` and returns its id and cwd.
+    pub async fn session(&self, user: &str) -> (String, PathBuf) {
+        let created = self.server.user(user).create_session(None).await;
+        (
+            created["session_id"].as_str().unwrap().to_string(),
+            PathBuf::from(created["cwd"].as_str().unwrap()),
+        )
+    }
+
+    /// Sends a message and waits for the whole answer.
+    pub async fn chat(&self, session: &str, message: &str) -> reqwest::Response {
+        self.server
+            .post("/api/v1/chat", json!({"session_id": session, "message": message}))
+            .await
+    }
+
+    /// Sends a message and returns the answer's JSON, asserting 200.
+    pub async fn chat_ok(&self, session: &str, message: &str) -> Value {
+        let response = self.chat(session, message).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "chat {message:?} failed: {body}\n{}",
+            self.server.log()
+        );
+        body
+    }
+
+    /// Opens a stream for a message; asserts it started.
+    pub async fn stream(&self, session: &str, message: &str) -> EventStream {
+        let response = self.stream_response(session, message).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        EventStream::new(response)
+    }
+
+    pub async fn stream_response(&self, session: &str, message: &str) -> reqwest::Response {
+        self.server
+            .post(
+                "/api/v1/chat/stream",
+                json!({"session_id": session, "message": message}),
+            )
+            .await
+    }
+
+    /// The session's JSON.
+    pub async fn session_json(&self, session: &str) -> Value {
+        self.server
+            .get(&format!("/api/v1/sessions/{session}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `/health` until `in_memory_clients` equals `count`.
+    pub async fn wait_live_agents(&self, count: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let health: Value = self.server.get("/health").await.json().await.unwrap();
+            if health["in_memory_clients"] == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "live agents stayed {} (wanted {count})",
+                health["in_memory_clients"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One received SSE event and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: Option<String>,
+    pub data: Value,
+    pub at: Instant,
+}
+
+/// A parsed SSE response.
+pub struct EventStream {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    pub comments: usize,
+}
+
+impl EventStream {
+    fn new(response: reqwest::Response) -> Self {
+        EventStream {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next data event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Received> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(rest) = line.strip_prefix("data:") {
+                        data = Some(rest.trim_start().to_string());
+                    } else if let Some(rest) = line.strip_prefix("id:") {
+                        id = Some(rest.trim_start().to_string());
+                    } else if line.starts_with(':') {
+                        self.comments += 1;
+                    }
+                }
+                if let Some(data) = data {
+                    let data =
+                        serde_json::from_str(&data).unwrap_or_else(|_| panic!("data is not JSON: {data}"));
+                    return Some(Received {
+                        id,
+                        data,
+                        at: Instant::now(),
+                    });
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.body.next())
+                .await
+                .expect("stream stalled")?;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+        }
+    }
+
+    /// Reads to the end; returns every event (the last one terminal).
+    pub async fn collect(mut self) -> Vec<Received> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+
+    /// Reads until an event of `kind` arrives.
+    pub async fn until(&mut self, kind: &str) -> Received {
+        loop {
+            let event = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before {kind}"));
+            if event.data["type"] == kind {
+                return event;
+            }
+        }
+    }
+}
+
+/// The processes that belong to a session (they carry its marker), as the test sees them.
+pub fn session_processes(session: &str) -> Vec<u32> {
+    tree::marked(session)
+        .into_iter()
+        .filter(|pid| tree::is_alive(*pid))
+        .collect()
+}
+
+/// Polls until no process of the session is left.
+pub async fn wait_no_processes(session: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = session_processes(session);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of {session} still alive: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `check` holds.
+pub async fn eventually<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The text of all `text_delta` events, concatenated.
+pub fn delta_text(events: &[Received]) -> String {
+    events
+        .iter()
+        .filter(|e| e.data["type"] == "text_delta")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect()
+}
+
+/// The command line of a process.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
