@@ -321,10 +321,14 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-            let yaml: Value = yaml_serde::from_str(&text).map_err(|e| ConfigError::Yaml {
+            let yaml_error = |e: yaml_serde::Error| ConfigError::Yaml {
                 path: path.to_owned(),
                 message: e.to_string(),
-            })?;
+            };
+            // Through yaml_serde's own Value first: it refuses duplicate keys, which would otherwise
+            // silently keep the last section.
+            let yaml: yaml_serde::Value = yaml_serde::from_str(&text).map_err(yaml_error)?;
+            let yaml: Value = yaml_serde::from_value(yaml).map_err(yaml_error)?;
             match yaml {
                 Value::Null => {}
                 Value::Object(_) => merge(&mut tree, yaml),
@@ -657,6 +661,7 @@ mod tests {
             (None, &[("CLAUDE_AGENT_API__NOPE", "1")], "api"),
             (Some("api:\n  max_sessions: 0\n"), &[], "api.max_sessions"),
             (Some("- a\n- b\n"), &[], "mapping"),
+            (Some("api:\n  port: 1\napi:\n  host: x\n"), &[], "duplicate"),
         ];
         for (yaml, env, expected) in cases {
             let message = load(*yaml, env).unwrap_err().to_string();

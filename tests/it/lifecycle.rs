@@ -231,3 +231,50 @@ async fn shutdown_leaves_no_agent_or_tool_process_behind() {
     }
     assert!(claude_agent_http::agent::tree::descendants(server_pid).is_empty());
 }
+
+#[tokio::test]
+async fn quiet_streams_get_keep_alive_comments() {
+    let app = AgentServer::start("api:\n  keepalive_seconds: 1\n").await;
+    let (id, _) = app.session("alice").await;
+    let mut stream = app.stream(&id, "words 3 1500").await;
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event);
+    }
+    assert_eq!(events.last().unwrap().data["type"], "done");
+    assert!(stream.comments >= 1, "no keep-alive during 4.5 s of silence");
+}
+
+#[tokio::test]
+async fn max_concurrent_requests_bounds_turns_across_the_service() {
+    let app = AgentServer::start("api:\n  max_concurrent_requests: 1\n").await;
+    let (a, _) = app.session("alice").await;
+    let (b, _) = app.session("bob").await;
+    let mut first = app.stream(&a, "words 10 100").await;
+    first.until("text_delta").await;
+    let second = app.chat_ok(&b, "waiting my turn");
+    let first_done = async {
+        let done = first.until("done").await;
+        done.at
+    };
+    let (first_done_at, second_answer) = tokio::join!(first_done, async {
+        let answer = second.await;
+        (answer, Instant::now())
+    });
+    assert_eq!(second_answer.0["text"], "echo: waiting my turn");
+    assert!(
+        second_answer.1 > first_done_at,
+        "the second turn ran while the only slot was taken"
+    );
+}
+
+#[tokio::test]
+async fn above_the_memory_limit_idle_agents_are_stopped() {
+    // One CLI process alone takes well over 100 MB, so any idle agent must go.
+    let app = AgentServer::start("api:\n  memory_limit_mb: 100\n").await;
+    let (a, _) = app.session("alice").await;
+    app.chat_ok(&a, "one").await;
+    app.wait_live_agents(0, Duration::from_secs(10)).await;
+    wait_no_processes(&a, Duration::from_secs(5)).await;
+    assert_eq!(app.chat_ok(&a, "recall").await["text"], "recall: one");
+}

@@ -33,7 +33,7 @@ impl TestServer {
     async fn start_in(dir: TempDir, extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
         let config = dir.path().join("config.yaml");
         let yaml = format!(
-            "data_dir: {data}\napi:\n  port: 0\n{extra_yaml}",
+            "data_dir: {data}\n{extra_yaml}",
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, yaml).expect("write config");
@@ -56,6 +56,7 @@ impl TestServer {
             .arg("--port-file")
             .arg(&port_file)
             .env("RUST_LOG", "info,claude_agent_http=debug")
+            .env("CLAUDE_AGENT_API_PORT", "0")
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
