@@ -34,16 +34,22 @@ pub struct AgentServer {
 impl AgentServer {
     /// Starts the stand-in and a server using it; `extra_yaml` is appended to the config.
     pub async fn start(extra_yaml: &str) -> AgentServer {
+        Self::start_with_env(extra_yaml, Vec::new()).await
+    }
+
+    /// Like `start`, with extra environment variables for the server (they win over ours).
+    pub async fn start_with_env(extra_yaml: &str, extra_env: Vec<(String, String)>) -> AgentServer {
         let model = ModelStandIn::start().await;
         let cli = tokio::task::spawn_blocking(cli_path).await.expect("cli lookup");
         let yaml = format!(
             "defaults:\n  cli_path: {cli}\n  env:\n    CLAUDE_CODE_MAX_RETRIES: '0'\n{extra_yaml}",
             cli = cli.display()
         );
-        let env = vec![
+        let mut env = vec![
             ("ANTHROPIC_BASE_URL".to_string(), model.base_url()),
             ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
         ];
+        env.extend(extra_env);
         let server = TestServer::start_with_env(&yaml, env).await;
         AgentServer { server, model }
     }
@@ -96,7 +102,7 @@ impl AgentServer {
                 .unwrap()
                 .starts_with("text/event-stream")
         );
-        EventStream::new(response)
+        EventStream::from_response(response)
     }
 
     pub async fn stream_response(&self, session: &str, message: &str) -> reqwest::Response {
@@ -152,7 +158,8 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    fn new(response: reqwest::Response) -> Self {
+    /// Reads the events of an SSE response.
+    pub fn from_response(response: reqwest::Response) -> Self {
         EventStream {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
