@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::agent::{cli, tree};
@@ -127,7 +128,13 @@ impl App {
                 let _ = stopped_tx.send(());
             });
         };
-        let served = axum::serve(self.listener, self.router)
+        // Token events are small writes: never hold them back waiting for an ACK (Nagle).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(signal)
             .await;
         self.sessions.agents().shutdown().await;

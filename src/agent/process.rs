@@ -383,6 +383,8 @@ impl AgentProcess {
                             let _ = waiter.send(outcome);
                         }
                     }
+                    // Nothing downstream reads untyped messages; skipping them saves a wake-up each.
+                    AgentMessage::Other(_) => {}
                     other => {
                         let _ = events_tx.send(AgentEvent::Message(other));
                     }

@@ -1,6 +1,10 @@
 //! The CLI's stream-json protocol: typed views of the lines it prints, and the lines we write.
 //! Unknown message types are kept as raw JSON (`Other`): the CLI adds types between versions.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::domain::TurnUsage;
@@ -69,8 +73,50 @@ pub struct TurnResult {
     pub api_error_status: Option<u64>,
 }
 
+/// The shape of a `stream_event` line, borrowed: token deltas are most of what the CLI prints,
+/// so they skip building a `Value` tree.
+#[derive(Deserialize)]
+struct StreamLine<'a> {
+    #[serde(borrow)]
+    event: StreamEventBody<'a>,
+    #[serde(default)]
+    parent_tool_use_id: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct StreamEventBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    delta: Option<DeltaBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// A main-agent text delta, if the line is one (the CLI prints `type` first).
+fn fast_text_delta(line: &str) -> Option<String> {
+    if !line.starts_with(r#"{"type":"stream_event""#) {
+        return None;
+    }
+    let parsed: StreamLine = serde_json::from_str(line).ok()?;
+    let delta = parsed.event.delta?;
+    let is_text = parsed.event.kind == "content_block_delta" && delta.kind == "text_delta";
+    (is_text && parsed.parent_tool_use_id.is_none())
+        .then(|| delta.text.map(Cow::into_owned))
+        .flatten()
+}
+
 /// Classifies one stdout line; `Err` for a line that is not a JSON object.
 pub fn parse_line(line: &str) -> Result<AgentMessage, serde_json::Error> {
+    if let Some(text) = fast_text_delta(line) {
+        return Ok(AgentMessage::TextDelta(text));
+    }
     let value: Value = serde_json::from_str(line)?;
     if !value.is_object() {
         return Ok(AgentMessage::Other(value));
@@ -250,6 +296,13 @@ mod tests {
             AgentMessage::Other(_)
         ));
         assert!(parse_line("[SandboxDebug] hi").is_err());
+        let escaped = r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a \"q\"\n\u00e9"}},"session_id":"s","parent_tool_use_id":null,"uuid":"u"}"#;
+        assert_eq!(
+            parse_line(escaped).unwrap(),
+            AgentMessage::TextDelta("a \"q\"\n\u{e9}".into())
+        );
+        let other_event = r#"{"type":"stream_event","event":{"type":"message_start","message":{}},"parent_tool_use_id":null}"#;
+        assert!(matches!(parse_line(other_event).unwrap(), AgentMessage::Other(_)));
     }
 
     #[test]

@@ -145,6 +145,26 @@ pub async fn chat_stream(
     Ok(([("x-accel-buffering", "no"), ("cache-control", "no-cache")], sse).into_response())
 }
 
+/// The `text_delta` wire form, serialized without building a `Value` (it is most of a stream).
+#[derive(Serialize)]
+struct TextDeltaData<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
+
+/// The JSON text of one event's `data:` line.
+pub fn event_data(event: &TurnEvent) -> String {
+    match event {
+        TurnEvent::TextDelta(text) => serde_json::to_string(&TextDeltaData {
+            kind: "text_delta",
+            text,
+        })
+        .expect("serializes"),
+        other => event_json(other).to_string(),
+    }
+}
+
 /// The wire form of one event.
 pub fn event_json(event: &TurnEvent) -> Value {
     match event {

@@ -154,6 +154,7 @@ pub struct Received {
 pub struct EventStream {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
+    ready: std::collections::VecDeque<Received>,
     pub comments: usize,
 }
 
@@ -163,6 +164,7 @@ impl EventStream {
         EventStream {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
+            ready: std::collections::VecDeque::new(),
             comments: 0,
         }
     }
@@ -170,13 +172,25 @@ impl EventStream {
     /// The next data event, or `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Received> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.body.next())
+                .await
+                .expect("stream stalled")?;
+            let at = Instant::now();
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+            // Every complete event in the buffer arrived with this chunk.
+            let mut consumed = 0;
+            while let Some(end) = self.buffer[consumed..].find("\n\n") {
+                let block = &self.buffer[consumed..consumed + end];
+                consumed += end + 2;
                 let mut id = None;
                 let mut data = None;
                 for line in block.lines() {
                     if let Some(rest) = line.strip_prefix("data:") {
-                        data = Some(rest.trim_start().to_string());
+                        data = Some(rest.trim_start());
                     } else if let Some(rest) = line.strip_prefix("id:") {
                         id = Some(rest.trim_start().to_string());
                     } else if line.starts_with(':') {
@@ -185,20 +199,11 @@ impl EventStream {
                 }
                 if let Some(data) = data {
                     let data =
-                        serde_json::from_str(&data).unwrap_or_else(|_| panic!("data is not JSON: {data}"));
-                    return Some(Received {
-                        id,
-                        data,
-                        at: Instant::now(),
-                    });
+                        serde_json::from_str(data).unwrap_or_else(|_| panic!("data is not JSON: {data}"));
+                    self.ready.push_back(Received { id, data, at });
                 }
-                continue;
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(60), self.body.next())
-                .await
-                .expect("stream stalled")?;
-            self.buffer
-                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+            self.buffer.drain(..consumed);
         }
     }
 
