@@ -506,11 +506,17 @@ impl Bare {
     }
 }
 
-async fn bench_warm_turn(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
-    let (id, _) = app.session("turns").await;
+/// A warm service session and a warm bare CLI, each past its first turn.
+async fn warm_pair(app: &AgentServer, home: &Path, user: &str) -> (String, Bare) {
+    let (id, _) = app.session(user).await;
     app.chat_ok(&id, "warm up").await;
     let mut bare = Bare::start(&app.model, home, SessionId::new(), false).await;
     bare.turn("warm up").await;
+    (id, bare)
+}
+
+async fn bench_warm_turn(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
+    let (id, mut bare) = warm_pair(app, home, "turns").await;
     let (mut service, mut cli) = (Vec::new(), Vec::new());
     for i in 0..plan.turns {
         let message = format!("turn {i}");
@@ -556,10 +562,7 @@ async fn bench_warm_turn(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row>
 }
 
 async fn bench_stream(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
-    let (id, _) = app.session("streams").await;
-    app.chat_ok(&id, "warm up").await;
-    let mut bare = Bare::start(&app.model, home, SessionId::new(), false).await;
-    bare.turn("warm up").await;
+    let (id, mut bare) = warm_pair(app, home, "streams").await;
     let (mut s_first, mut s_done, mut c_first, mut c_done) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.streams {
         let started = Instant::now();
@@ -603,10 +606,7 @@ async fn bench_stream(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
 }
 
 async fn bench_flood(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
-    let (id, _) = app.session("floods").await;
-    app.chat_ok(&id, "warm up").await;
-    let mut bare = Bare::start(&app.model, home, SessionId::new(), false).await;
-    bare.turn("warm up").await;
+    let (id, mut bare) = warm_pair(app, home, "floods").await;
     let (mut service, mut cli) = (Vec::new(), Vec::new());
     let (mut cpu, mut streamed) = (Duration::ZERO, 0usize);
     for _ in 0..plan.floods {

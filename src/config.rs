@@ -349,7 +349,7 @@ impl Config {
                 message: e.into_inner().to_string(),
             }
         })?;
-        config.expand_home();
+        config.make_paths_absolute();
         config
             .validate(options)
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -395,8 +395,13 @@ impl Config {
         value
     }
 
-    fn expand_home(&mut self) {
-        let expand = |path: &mut PathBuf| *path = expand_tilde(path);
+    /// Expands `~` and makes every path absolute against the service's working directory: agents
+    /// run in other directories, so a relative path would point somewhere else for them.
+    fn make_paths_absolute(&mut self) {
+        let expand = |path: &mut PathBuf| {
+            let expanded = expand_tilde(path);
+            *path = std::path::absolute(&expanded).unwrap_or(expanded);
+        };
         expand(&mut self.data_dir);
         if let Some(path) = self.user.base_dir.as_mut() {
             expand(path);
@@ -605,8 +610,19 @@ mod tests {
         assert_eq!(config.session.storage, StorageKind::Sqlite);
         assert_eq!(config.api.host, "127.0.0.1");
         assert_eq!(config.api.port, 8000);
-        assert_eq!(config.sqlite_path(), PathBuf::from("./data/sessions.db"));
-        assert_eq!(config.base_dir(), PathBuf::from("./data/users"));
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(config.sqlite_path(), here.join("data/sessions.db"));
+        assert_eq!(config.base_dir(), here.join("data/users"));
+    }
+
+    #[test]
+    fn relative_paths_become_absolute() {
+        let yaml = "data_dir: rel/data\ndefaults:\n  cli_path: bin/claude\nplugins: [plug]\n";
+        let config = load(Some(yaml), &[]).unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(config.data_dir, here.join("rel/data"));
+        assert_eq!(config.defaults.cli_path, Some(here.join("bin/claude")));
+        assert_eq!(config.plugins[0].path(), here.join("plug"));
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl TurnTracker {
         let code = self.stopped_by.unwrap_or(TurnErrorCode::AgentCrashed);
         let message = match code {
             TurnErrorCode::AgentCrashed => format!("the agent process ended mid-turn ({exit})"),
-            _ => format!("the turn was stopped ({})", code.as_str()),
+            _ => stopped_message(code),
         };
         TurnEvent::Error {
             code,
@@ -138,6 +138,8 @@ impl TurnTracker {
             _ => TurnErrorCode::ModelError,
         };
         let message = match (&result.result, result.errors.is_empty()) {
+            // We stopped it: say why in our words, not with the CLI's internal diagnostics.
+            _ if Some(code) == self.stopped_by => stopped_message(code),
             (Some(text), _) if !text.is_empty() => text.clone(),
             (_, false) => result.errors.join("; "),
             _ => format!("the turn ended with {}", result.subtype),
@@ -147,6 +149,15 @@ impl TurnTracker {
             message,
             partial: outcome,
         }
+    }
+}
+
+fn stopped_message(code: TurnErrorCode) -> String {
+    match code {
+        TurnErrorCode::Interrupted => "the turn was interrupted".into(),
+        TurnErrorCode::TurnTimeout => "the turn exceeded its timeout and was interrupted".into(),
+        TurnErrorCode::ServiceShutdown => "the service is shutting down".into(),
+        other => format!("the turn was stopped ({})", other.as_str()),
     }
 }
 

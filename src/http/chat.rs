@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::sessions::parse_id;
-use crate::domain::{ToolCall, TurnEvent, TurnOutcome, TurnUsage};
+use crate::domain::{TurnEvent, TurnOutcome};
 
 /// A message for a session's agent.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -31,20 +31,14 @@ pub struct ChatRequest {
     pub timeout: Option<f64>,
 }
 
-/// The agent's whole answer to one message.
+/// The agent's whole answer to one message: the turn's outcome (all text in order, tool calls with
+/// their results, usage, this turn's own cost, ...) with the session and a timestamp.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatResponse {
     pub session_id: String,
-    /// All text the agent said in the turn, in order.
-    pub text: String,
-    pub tool_calls: Vec<ToolCall>,
+    #[serde(flatten)]
+    pub outcome: TurnOutcome,
     pub timestamp: DateTime<Utc>,
-    pub usage: TurnUsage,
-    /// This turn's own cost.
-    pub total_cost_usd: f64,
-    pub duration_ms: u64,
-    pub num_turns: u64,
-    pub stop_reason: Option<String>,
 }
 
 fn validate(request: &ChatRequest) -> Result<Option<Duration>, ApiError> {
@@ -86,7 +80,13 @@ pub async fn chat(
     let mut events = state.sessions.start_turn(id, request.message, timeout).await?;
     while let Some(event) = events.recv().await {
         match event {
-            TurnEvent::Done(outcome) => return Ok(Json(response(id.to_string(), outcome))),
+            TurnEvent::Done(outcome) => {
+                return Ok(Json(ChatResponse {
+                    session_id: id.to_string(),
+                    outcome,
+                    timestamp: Utc::now(),
+                }));
+            }
             TurnEvent::Error { code, message, .. } => return Err(ApiError::turn_failed(code, message)),
             _ => {}
         }
@@ -96,20 +96,6 @@ pub async fn chat(
         "internal_error",
         "the turn ended without a result",
     ))
-}
-
-fn response(session_id: String, outcome: TurnOutcome) -> ChatResponse {
-    ChatResponse {
-        session_id,
-        text: outcome.text,
-        tool_calls: outcome.tool_calls,
-        timestamp: Utc::now(),
-        usage: outcome.usage,
-        total_cost_usd: outcome.total_cost_usd,
-        duration_ms: outcome.duration_ms,
-        num_turns: outcome.num_turns,
-        stop_reason: outcome.stop_reason,
-    }
 }
 
 /// Send a message and stream the answer as server-sent events.

@@ -6,35 +6,16 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::agent::{AgentServer, cmdline, eventually, session_processes, wait_no_processes};
+use crate::support::agent::{AgentServer, cmdline, eventually, session_processes, sleeps, wait_no_processes};
 use crate::support::expect_json;
-
-/// Pids of `sleep 60` processes belonging to a session.
-fn sleeps(session: &str) -> Vec<u32> {
-    session_processes(session)
-        .into_iter()
-        .filter(|pid| cmdline(*pid).starts_with("sleep 60"))
-        .collect()
-}
 
 #[tokio::test]
 async fn interrupt_stops_a_running_tool_and_the_session_stays_usable() {
     let app = AgentServer::start("").await;
     let (id, _) = app.session("alice").await;
-    let mut stream = app.stream(&id, "tool Bash {\"command\": \"sleep 60\"}").await;
-    stream.until("tool_use").await;
-    eventually("sleep to start", Duration::from_secs(10), || {
-        !sleeps(&id).is_empty()
-    })
-    .await;
+    let stream = app.stream_a_running_sleep(&id).await;
     let asked = Instant::now();
-    let answer = expect_json(
-        app.server
-            .post(&format!("/api/v1/sessions/{id}/interrupt"), json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let answer = app.interrupt(&id).await;
     assert_eq!(answer["interrupted"], true);
     let events = stream.collect().await;
     let last = events.last().unwrap();
@@ -51,13 +32,7 @@ async fn interrupt_stops_a_running_tool_and_the_session_stays_usable() {
     .await;
     assert_eq!(app.chat_ok(&id, "still here").await["text"], "echo: still here");
     // Nothing to interrupt now.
-    let answer = expect_json(
-        app.server
-            .post(&format!("/api/v1/sessions/{id}/interrupt"), json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let answer = app.interrupt(&id).await;
     assert_eq!(answer["interrupted"], false);
 }
 
@@ -66,12 +41,7 @@ async fn a_killed_cli_fails_its_turn_and_the_next_turn_resumes_the_conversation(
     let app = AgentServer::start("").await;
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "remember the number 42").await;
-    let mut stream = app.stream(&id, "tool Bash {\"command\": \"sleep 60\"}").await;
-    stream.until("tool_use").await;
-    eventually("sleep to start", Duration::from_secs(10), || {
-        !sleeps(&id).is_empty()
-    })
-    .await;
+    let stream = app.stream_a_running_sleep(&id).await;
     let cli = session_processes(&id)
         .into_iter()
         .find(|pid| !cmdline(*pid).starts_with("sleep"))
@@ -212,12 +182,7 @@ async fn shutdown_leaves_no_agent_or_tool_process_behind() {
     let (idle, _) = app.session("alice").await;
     let (busy, _) = app.session("bob").await;
     app.chat_ok(&idle, "hello").await;
-    let mut stream = app.stream(&busy, "tool Bash {\"command\": \"sleep 60\"}").await;
-    stream.until("tool_use").await;
-    eventually("sleep to start", Duration::from_secs(10), || {
-        !sleeps(&busy).is_empty()
-    })
-    .await;
+    let stream = app.stream_a_running_sleep(&busy).await;
     let server_pid = app.server.pid();
     assert_eq!(app.server.stop(), Some(0));
     let events = stream.collect().await;

@@ -114,6 +114,29 @@ impl AgentServer {
             .await
     }
 
+    /// Asks the session to stop its running turn; returns the answer's JSON.
+    pub async fn interrupt(&self, session: &str) -> Value {
+        let response = self
+            .server
+            .post(&format!("/api/v1/sessions/{session}/interrupt"), json!({}))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// Starts a turn whose Bash tool runs `sleep 60`; returns once the sleep is running.
+    pub async fn stream_a_running_sleep(&self, session: &str) -> EventStream {
+        let mut stream = self
+            .stream(session, "tool Bash {\"command\": \"sleep 60\"}")
+            .await;
+        stream.until("tool_use").await;
+        eventually("sleep to start", Duration::from_secs(10), || {
+            !sleeps(session).is_empty()
+        })
+        .await;
+        stream
+    }
+
     /// The session's JSON.
     pub async fn session_json(&self, session: &str) -> Value {
         self.server
@@ -235,6 +258,14 @@ pub fn session_processes(session: &str) -> Vec<u32> {
     tree::marked(session)
         .into_iter()
         .filter(|pid| tree::is_alive(*pid))
+        .collect()
+}
+
+/// Pids of `sleep 60` processes belonging to a session.
+pub fn sleeps(session: &str) -> Vec<u32> {
+    session_processes(session)
+        .into_iter()
+        .filter(|pid| cmdline(*pid).starts_with("sleep 60"))
         .collect()
 }
 

@@ -32,10 +32,8 @@ impl TestServer {
 
     async fn start_in(dir: TempDir, extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
         let config = dir.path().join("config.yaml");
-        let yaml = format!(
-            "data_dir: {data}\n{extra_yaml}",
-            data = dir.path().join("data").display()
-        );
+        // Relative, as in the default configuration: the server runs in the test's folder.
+        let yaml = format!("data_dir: ./data\n{extra_yaml}");
         std::fs::write(&config, yaml).expect("write config");
         let port_file = dir.path().join("port");
         let _ = std::fs::remove_file(&port_file);
@@ -57,6 +55,7 @@ impl TestServer {
             .arg(&port_file)
             .env("RUST_LOG", "info,claude_agent_http=debug")
             .env("CLAUDE_AGENT_API_PORT", "0")
+            .current_dir(dir.path())
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
