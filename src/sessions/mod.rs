@@ -119,11 +119,19 @@ impl Sessions {
         }
         let record = self.get(id).await?;
         let slot = self.agents.slot(&record)?;
-        // A running turn already has the process; otherwise start it now so the next message is warm.
+        // A running turn already has the process; otherwise start it now so the next message is
+        // warm. Warming is best effort: if it fails, the next message reports why.
         if let Ok(mut guard) = slot.process.try_lock()
             && guard.as_ref().is_none_or(|p| p.has_exited())
         {
-            *guard = Some(self.agents.start(&slot, &record).await?);
+            if let Some(dead) = guard.take() {
+                slot.set_live(false);
+                dead.reap_after_crash().await;
+            }
+            match self.agents.start(&slot, &record).await {
+                Ok(process) => *guard = Some(process),
+                Err(e) => tracing::warn!(session.id = %id, error = %e, "cannot warm the agent on resume"),
+            }
         }
         slot.touch();
         Ok(record)

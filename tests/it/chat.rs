@@ -270,3 +270,19 @@ async fn max_turns_ends_the_turn_with_its_code() {
     assert_eq!(last.data["type"], "error", "{events:?}");
     assert_eq!(last.data["code"], "max_turns");
 }
+
+#[tokio::test]
+async fn bypass_permissions_works_as_root_and_allows_every_tool() {
+    // As root the CLI refuses bypassPermissions unless the service marks it sandboxed.
+    let app = AgentServer::start("  permission_mode: bypassPermissions\n  allowed_tools: []\n").await;
+    let (id, cwd) = app.session("alice").await;
+    let target = cwd.join("bypass.txt");
+    let answer = app
+        .chat_ok(
+            &id,
+            &format!("tool Write {}", json!({"file_path": target, "content": "ok"})),
+        )
+        .await;
+    assert_eq!(answer["tool_calls"][0]["is_error"], false, "{answer}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "ok");
+}

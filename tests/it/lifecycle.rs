@@ -22,7 +22,7 @@ async fn interrupt_stops_a_running_tool_and_the_session_stays_usable() {
     assert_eq!(last.data["type"], "error", "{events:?}");
     assert_eq!(last.data["code"], "interrupted");
     assert!(
-        asked.elapsed() < Duration::from_secs(2),
+        asked.elapsed() < Duration::from_secs(1),
         "interrupt took {:?}",
         asked.elapsed()
     );

@@ -315,3 +315,18 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     let _: Value = response.json().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_non_loopback_address_is_served_with_a_loud_warning() {
+    let server = TestServer::start("api:\n  host: 0.0.0.0\n").await;
+    expect_json(server.get("/health").await, StatusCode::OK).await;
+    assert!(
+        server
+            .log()
+            .contains("NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION"),
+        "{}",
+        server.log()
+    );
+    let quiet = TestServer::start("").await;
+    assert!(!quiet.log().contains("NON-LOOPBACK"));
+}

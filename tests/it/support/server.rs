@@ -55,6 +55,8 @@ impl TestServer {
             .arg(&port_file)
             .env("RUST_LOG", "info,claude_agent_http=debug")
             .env("CLAUDE_AGENT_API_PORT", "0")
+            // Agent servers name their CLI; the others must not install one into each temp folder.
+            .env("CLAUDE_AGENT_DEFAULTS__CLI_AUTO_INSTALL", "false")
             .current_dir(dir.path())
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
