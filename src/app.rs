@@ -72,6 +72,7 @@ impl App {
         if let Err(e) = tree::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
         }
+        tree::kill_orphaned_agent_processes();
         let cli = find_cli(&config).await;
         let sessions = Arc::new(Sessions::new(&config, store, workspaces, cli));
         tokio::spawn(sessions.agents().clone().supervise());

@@ -74,7 +74,39 @@ pub fn service_memory_bytes() -> u64 {
 
 /// Processes whose environment carries `SESSION_MARKER=<session>`.
 pub fn marked(session: &str) -> Vec<u32> {
-    let needle = format!("{SESSION_MARKER}={session}");
+    marked_with(&format!("{SESSION_MARKER}={session}"), |var, needle| {
+        var == needle
+    })
+}
+
+/// Agent processes orphaned by a service that died without cleaning up (killed with SIGKILL, say):
+/// marked processes adopted by init, with everything under them. A running instance is a
+/// subreaper, so its own orphans are its children, never init's.
+pub fn orphaned_agent_processes() -> HashSet<u32> {
+    let parents = parents();
+    let roots = marked_with(&format!("{SESSION_MARKER}="), |var, prefix| {
+        var.starts_with(prefix)
+    })
+    .into_iter()
+    .filter(|pid| parents.get(pid) == Some(&1));
+    roots
+        .flat_map(|root| std::iter::once(root).chain(descendants(root)))
+        .collect()
+}
+
+/// Kills what `orphaned_agent_processes` finds, saying so.
+pub fn kill_orphaned_agent_processes() {
+    let orphans = orphaned_agent_processes();
+    if !orphans.is_empty() {
+        tracing::warn!(
+            count = orphans.len(),
+            "killing agent processes left behind by a service that died"
+        );
+        kill_all(&orphans);
+    }
+}
+
+fn marked_with(needle: &str, matches: impl Fn(&[u8], &[u8]) -> bool) -> Vec<u32> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -85,7 +117,7 @@ pub fn marked(session: &str) -> Vec<u32> {
         .filter(|&pid| pid != me)
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+                .map(|env| env.split(|b| *b == 0).any(|var| matches(var, needle.as_bytes())))
                 .unwrap_or(false)
         })
         .collect()
@@ -137,4 +169,38 @@ pub fn reap_zombie_children(owned: &HashSet<u32>) {
         .map(|(pid, _)| pid)
         .collect();
     reap(&zombies);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orphaned_marked_processes_are_found_with_their_children() {
+        let marker = format!("{SESSION_MARKER}=tree-test-{}", std::process::id());
+        // sh starts a subshell running sleep in the background and exits: the subshell is orphaned.
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("(sleep 30; true) &")
+            .env(SESSION_MARKER, marker.split_once('=').unwrap().1)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found: Vec<u32> = orphaned_agent_processes()
+                .into_iter()
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+                })
+                .collect();
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        kill_all(&found.iter().copied().collect());
+        assert!(found.len() >= 2, "the orphaned subshell and its sleep: {found:?}");
+    }
 }

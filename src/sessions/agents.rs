@@ -21,6 +21,9 @@ use crate::workspace::Workspaces;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the supervisor looks for idle agents, memory pressure and orphans.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+/// Every how many ticks it looks for processes left behind by a service that died (it reads every
+/// process's environment, so not on every tick).
+const ORPHAN_SWEEP_TICKS: u64 = 6;
 
 /// One session's live state.
 pub struct Slot {
@@ -270,6 +273,7 @@ impl AgentPool {
     /// Runs forever: stops idle agents, relieves memory pressure, reaps adopted orphans.
     pub async fn supervise(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+        let mut sweeps = 0u64;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -296,6 +300,12 @@ impl AgentPool {
             }
             let owned = self.owned_pids.lock().expect("pids lock").clone();
             tree::reap_zombie_children(&owned);
+            sweeps += 1;
+            if sweeps.is_multiple_of(ORPHAN_SWEEP_TICKS) {
+                // A service that died is not around to clean up; its tools end up adopted by init.
+                // (The sweep at startup can miss processes still being reparented.)
+                tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
+            }
         }
     }
 

@@ -243,3 +243,25 @@ async fn above_the_memory_limit_idle_agents_are_stopped() {
     wait_no_processes(&a, Duration::from_secs(5)).await;
     assert_eq!(app.chat_ok(&a, "recall").await["text"], "recall: one");
 }
+
+#[tokio::test]
+async fn after_a_hard_crash_the_next_start_kills_what_was_left_and_conversations_go_on() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "before the crash").await;
+    let stream = app.stream_a_running_sleep(&id).await;
+    let orphan = sleeps(&id)[0];
+    let app = app.crash_and_restart().await;
+    drop(stream);
+    eventually("the orphaned tool to be killed", Duration::from_secs(5), || {
+        sleeps(&id).is_empty()
+    })
+    .await;
+    assert!(!claude_agent_http::agent::tree::is_alive(orphan));
+    // Any running instance sweeps such orphans (here the restarted one, or another test's server).
+    let answer = app.chat_ok(&id, "recall").await;
+    assert!(
+        answer["text"].as_str().unwrap().contains("before the crash"),
+        "{answer}"
+    );
+}

@@ -62,6 +62,14 @@ impl AgentServer {
         }
     }
 
+    /// Kills the server with SIGKILL and starts a new one on the same data, keeping the stand-in.
+    pub async fn crash_and_restart(self) -> AgentServer {
+        AgentServer {
+            server: self.server.crash_and_restart().await,
+            model: self.model,
+        }
+    }
+
     /// Creates a session for `user` and returns its id and cwd.
     pub async fn session(&self, user: &str) -> (String, PathBuf) {
         let created = self.server.user(user).create_session(None).await;

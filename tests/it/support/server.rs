@@ -113,6 +113,19 @@ impl TestServer {
     /// Stops the server and starts a new one on the same data folder and config.
     pub async fn restart(mut self) -> TestServer {
         self.stop();
+        self.start_again().await
+    }
+
+    /// Kills the server with SIGKILL (no cleanup) and starts a new one on the same data.
+    pub async fn crash_and_restart(mut self) -> TestServer {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+        self.start_again().await
+    }
+
+    async fn start_again(mut self) -> TestServer {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let extra = self.extra_yaml.clone();
         let env = std::mem::take(&mut self.env);
