@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::{self, AgentMessage};
 use super::tree;
+use super::turn::TurnTracker;
 use crate::config::PermissionMode;
-use crate::domain::{AgentOptions, SessionId};
+use crate::domain::{AgentOptions, SessionId, TurnErrorCode, TurnEvent};
 
 /// Lines of stderr kept for the log when a process fails.
 const STDERR_TAIL_LINES: usize = 40;
@@ -60,12 +61,28 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
-/// What the process reports, in order; `Exited` is always last.
+/// What the process reports to the turn that runs on it; `Exited` is always last.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
-    Message(AgentMessage),
+    /// The turn ended: its terminal event, and the CLI's running cost total if it reported one.
+    Finished {
+        terminal: TurnEvent,
+        cost_total: Option<f64>,
+    },
+    /// The process exited.
     Exited(ExitInfo),
 }
+
+/// The running turn, as the stdout reader sees it: the reader translates each message as it
+/// arrives and sends client events straight to the turn's client (one task hop fewer per token),
+/// and hands the terminal event to the turn. Messages that arrive with no turn running are dropped,
+/// so nothing of one turn can reach the next.
+struct TurnSink {
+    tracker: TurnTracker,
+    client: mpsc::UnboundedSender<TurnEvent>,
+}
+
+type SharedSink = Arc<Mutex<Option<TurnSink>>>;
 
 /// Everything needed to start the CLI for one session.
 pub struct SpawnSpec<'a> {
@@ -259,6 +276,7 @@ pub struct AgentProcess {
     cost_total: f64,
     /// Pids of CLI processes whose exit status tokio collects (the orphan reaper must skip them).
     owned_pids: Arc<Mutex<HashSet<u32>>>,
+    sink: SharedSink,
 }
 
 impl AgentProcess {
@@ -343,6 +361,8 @@ impl AgentProcess {
         });
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let sink: SharedSink = Arc::new(Mutex::new(None));
+        let reader_sink = sink.clone();
         let reader_control = control.clone();
         let policy = Policy::new(spec.options);
         let session = spec.session;
@@ -383,10 +403,29 @@ impl AgentProcess {
                             let _ = waiter.send(outcome);
                         }
                     }
-                    // Nothing downstream reads untyped messages; skipping them saves a wake-up each.
+                    // Nothing downstream reads untyped messages.
                     AgentMessage::Other(_) => {}
-                    other => {
-                        let _ = events_tx.send(AgentEvent::Message(other));
+                    message => {
+                        let cost_total = match &message {
+                            AgentMessage::Result(result) => Some(result.total_cost_usd),
+                            _ => None,
+                        };
+                        let mut sink = reader_sink.lock().expect("sink lock");
+                        let Some(turn) = sink.as_mut() else { continue };
+                        for event in turn.tracker.on_message(message) {
+                            if event.is_terminal() {
+                                *sink = None;
+                                let _ = events_tx.send(AgentEvent::Finished {
+                                    terminal: event,
+                                    cost_total,
+                                });
+                                break;
+                            }
+                            if let Some(turn) = sink.as_ref() {
+                                // A client that went away does not stop the turn.
+                                let _ = turn.client.send(event);
+                            }
+                        }
                     }
                 }
             }
@@ -414,6 +453,7 @@ impl AgentProcess {
             stderr_tail,
             cost_total: 0.0,
             owned_pids,
+            sink,
         })
     }
 
@@ -427,9 +467,40 @@ impl AgentProcess {
         self.control.clone()
     }
 
-    /// Writes a user turn.
-    pub async fn send_user(&self, text: &str) -> Result<(), AgentError> {
+    /// Starts a turn: its client events go to `client` as the CLI prints them; then writes the
+    /// user's message.
+    pub async fn start_turn(
+        &self,
+        text: &str,
+        client: mpsc::UnboundedSender<TurnEvent>,
+    ) -> Result<(), AgentError> {
+        *self.sink.lock().expect("sink lock") = Some(TurnSink {
+            tracker: TurnTracker::new(self.cost_total),
+            client,
+        });
         self.control.write_line(&protocol::user_line(text)).await
+    }
+
+    /// Records that the service is stopping the running turn, which decides its error code.
+    pub fn stop_turn_as(&self, code: TurnErrorCode) {
+        if let Some(turn) = self.sink.lock().expect("sink lock").as_mut() {
+            turn.tracker.stopped_by(code);
+        }
+    }
+
+    /// Whether the service asked the running turn to stop.
+    pub fn turn_stopped(&self) -> bool {
+        self.sink
+            .lock()
+            .expect("sink lock")
+            .as_ref()
+            .is_some_and(|t| t.tracker.stop_reason().is_some())
+    }
+
+    /// The terminal event of a turn whose process exited before its result.
+    pub fn end_turn_on_exit(&self, exit: ExitInfo) -> TurnEvent {
+        let turn = self.sink.lock().expect("sink lock").take();
+        turn.map(|t| t.tracker).unwrap_or_default().on_exit(exit)
     }
 
     /// The next event; `None` once `Exited` was delivered.

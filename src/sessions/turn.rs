@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::agents::{AgentPool, Slot};
-use crate::agent::turn::TurnTracker;
 use crate::agent::{AgentEvent, AgentProcess};
 use crate::domain::{SessionRecord, TurnErrorCode, TurnEvent, TurnOutcome};
 use crate::store::SessionStore;
@@ -80,51 +79,50 @@ impl Turn {
         }
         let process = guard.as_mut().expect("started");
         let control = process.control();
-        let mut tracker = TurnTracker::new(process.cost_total());
         let mut kill_at: Option<Instant> = None;
         let mut crashed = false;
+        let gone = crate::agent::ExitInfo {
+            code: None,
+            signal: None,
+        };
 
-        let terminal = if process.send_user(&self.message).await.is_err() {
+        let terminal = if process
+            .start_turn(&self.message, self.events.clone())
+            .await
+            .is_err()
+        {
             crashed = true;
-            tracker.on_exit(crate::agent::ExitInfo {
-                code: None,
-                signal: None,
-            })
+            process.end_turn_on_exit(gone)
         } else {
-            'turn: loop {
+            loop {
                 tokio::select! {
                     event = process.next_event() => match event {
-                        Some(AgentEvent::Message(message)) => {
-                            if let crate::agent::protocol::AgentMessage::Result(result) = &message {
-                                process.set_cost_total(result.total_cost_usd);
+                        Some(AgentEvent::Finished { terminal, cost_total }) => {
+                            if let Some(total) = cost_total {
+                                process.set_cost_total(total);
                             }
-                            for event in tracker.on_message(message) {
-                                if event.is_terminal() {
-                                    break 'turn event;
-                                }
-                                let _ = self.events.send(event);
-                            }
+                            break terminal;
                         }
                         Some(AgentEvent::Exited(exit)) => {
                             crashed = true;
-                            if tracker.stop_reason().is_none() {
+                            if !process.turn_stopped() {
                                 tracing::error!(session.id = %session, agent.exit = %exit, agent.stderr = %process.stderr_tail(), "agent died mid-turn");
                             }
-                            break 'turn tracker.on_exit(exit);
+                            break process.end_turn_on_exit(exit);
                         }
                         None => {
                             crashed = true;
-                            break 'turn tracker.on_exit(crate::agent::ExitInfo { code: None, signal: None });
+                            break process.end_turn_on_exit(gone);
                         }
                     },
                     Some(code) = interrupts.recv(), if kill_at.is_none() => {
-                        tracker.stopped_by(code);
+                        process.stop_turn_as(code);
                         kill_at = Some(Instant::now() + INTERRUPT_GRACE);
                         let control = control.clone();
                         tokio::spawn(async move { let _ = control.interrupt().await; });
                     }
                     _ = sleep_until(deadline), if kill_at.is_none() => {
-                        tracker.stopped_by(TurnErrorCode::TurnTimeout);
+                        process.stop_turn_as(TurnErrorCode::TurnTimeout);
                         kill_at = Some(Instant::now() + INTERRUPT_GRACE);
                         let control = control.clone();
                         tokio::spawn(async move { let _ = control.interrupt().await; });
