@@ -73,8 +73,13 @@ impl App {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
         }
         tree::kill_orphaned_agent_processes();
-        let cli = find_cli(&config).await;
-        let sessions = Arc::new(Sessions::new(&config, store, workspaces, cli));
+        let sessions = Arc::new(Sessions::new(
+            &config,
+            store,
+            workspaces,
+            Err("the Claude Code CLI is being looked for".into()),
+        ));
+        find_cli(&config, sessions.agents().clone());
         tokio::spawn(sessions.agents().clone().supervise());
         let state = AppState {
             sessions: sessions.clone(),
@@ -144,25 +149,41 @@ impl App {
     }
 }
 
-/// Finds (or installs) the CLI once at startup; a missing CLI is logged, and turns then answer
-/// `agent_unavailable` while the session API keeps working.
-async fn find_cli(config: &Config) -> Result<std::path::PathBuf, String> {
-    let configured = config.defaults.cli_path.clone();
+/// Finds the CLI at startup. When it must be installed, the install runs in the background (the
+/// service listens meanwhile; turns answer `agent_unavailable` until it is done) and the pool gets
+/// the CLI when it is ready.
+fn find_cli(config: &Config, pool: Arc<crate::sessions::AgentPool>) {
     let install_dir = cli::install_dir(&config.data_dir);
-    let auto = config.defaults.cli_auto_install;
-    let found = tokio::task::spawn_blocking(move || {
-        let found = cli::find_or_install(configured.as_deref(), &install_dir, auto);
-        if let Ok(path) = &found {
-            cli::log_version(path);
+    match cli::find(
+        config.defaults.cli_path.as_deref(),
+        &install_dir,
+        config.defaults.cli_auto_install,
+    ) {
+        cli::Lookup::Found(path) => {
+            pool.set_cli(Ok(path.clone()));
+            tokio::task::spawn_blocking(move || cli::log_version(&path));
         }
-        found
-    })
-    .await
-    .expect("CLI lookup task");
-    found.map_err(|e| {
-        tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
-        e.to_string()
-    })
+        cli::Lookup::Installable { npm } => {
+            pool.set_cli(Err(format!(
+                "the Claude Code CLI {} is being installed; try again shortly",
+                cli::TESTED_CLI_VERSION
+            )));
+            tokio::task::spawn_blocking(move || match cli::install(&npm, &install_dir) {
+                Ok(path) => {
+                    cli::log_version(&path);
+                    pool.set_cli(Ok(path));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
+                    pool.set_cli(Err(e.to_string()));
+                }
+            });
+        }
+        cli::Lookup::Missing(e) => {
+            tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
+            pool.set_cli(Err(e.to_string()));
+        }
+    }
 }
 
 /// Purges expired sessions in the background (reads already hide them).

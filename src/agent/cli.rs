@@ -47,6 +47,44 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| is_executable(candidate))
 }
 
+/// What looking for the CLI found, without installing anything.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A usable CLI.
+    Found(PathBuf),
+    /// None, but it may be installed with this npm.
+    Installable { npm: PathBuf },
+    /// None, and it may not or cannot be installed.
+    Missing(CliError),
+}
+
+/// Looks for the CLI: `configured`, else `claude` on PATH, else a copy installed in `install_dir`.
+pub fn find(configured: Option<&Path>, install_dir: &Path, auto_install: bool) -> Lookup {
+    if let Some(path) = configured {
+        return if is_executable(path) {
+            Lookup::Found(path.to_owned())
+        } else {
+            Lookup::Missing(CliError::ConfiguredMissing(path.to_owned()))
+        };
+    }
+    if let Some(path) = on_path("claude") {
+        return Lookup::Found(path);
+    }
+    let installed = installed_binary(install_dir);
+    if is_executable(&installed) {
+        return Lookup::Found(installed);
+    }
+    if !auto_install {
+        return Lookup::Missing(CliError::NotFound(
+            "auto-install is off (defaults.cli_auto_install)".into(),
+        ));
+    }
+    match on_path("npm") {
+        Some(npm) => Lookup::Installable { npm },
+        None => Lookup::Missing(CliError::NotFound("npm is not on PATH to install it".into())),
+    }
+}
+
 /// Finds the CLI, installing the pinned version into `install_dir` if allowed and needed.
 /// Blocking: call from a blocking context.
 pub fn find_or_install(
@@ -54,40 +92,22 @@ pub fn find_or_install(
     install_dir: &Path,
     auto_install: bool,
 ) -> Result<PathBuf, CliError> {
-    if let Some(path) = configured {
-        return if is_executable(path) {
-            Ok(path.to_owned())
-        } else {
-            Err(CliError::ConfiguredMissing(path.to_owned()))
-        };
+    match find(configured, install_dir, auto_install) {
+        Lookup::Found(path) => Ok(path),
+        Lookup::Installable { npm } => install(&npm, install_dir),
+        Lookup::Missing(e) => Err(e),
     }
-    if let Some(path) = on_path("claude") {
-        return Ok(path);
-    }
-    let installed = installed_binary(install_dir);
-    if is_executable(&installed) {
-        return Ok(installed);
-    }
-    if !auto_install {
-        return Err(CliError::NotFound(
-            "auto-install is off (defaults.cli_auto_install)".into(),
-        ));
-    }
-    let Some(npm) = on_path("npm") else {
-        return Err(CliError::NotFound("npm is not on PATH to install it".into()));
-    };
-    install(&npm, install_dir)?;
-    Ok(installed)
 }
 
-/// Installs the pinned CLI into `dir` unless another process did while we waited for the lock.
-fn install(npm: &Path, dir: &Path) -> Result<(), CliError> {
+/// Installs the pinned CLI into `dir` (unless another process did while we waited for the lock)
+/// and returns its path. Blocking: call from a blocking context.
+pub fn install(npm: &Path, dir: &Path) -> Result<PathBuf, CliError> {
     let failed = |e: &dyn std::fmt::Display| CliError::Install(e.to_string());
     std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
     let lock = File::create(dir.join(".install.lock")).map_err(|e| failed(&e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| failed(&e))?;
     if is_executable(&installed_binary(dir)) {
-        return Ok(());
+        return Ok(installed_binary(dir));
     }
     tracing::warn!(
         dir = %dir.display(),
@@ -107,7 +127,8 @@ fn install(npm: &Path, dir: &Path) -> Result<(), CliError> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
         ));
     }
-    Ok(())
+    tracing::info!(dir = %dir.display(), "installed {CLI_PACKAGE}@{TESTED_CLI_VERSION}");
+    Ok(installed_binary(dir))
 }
 
 /// The CLI's version (`claude --version` prints e.g. `2.1.197 (Claude Code)`), if it answers.

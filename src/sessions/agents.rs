@@ -85,7 +85,8 @@ impl Slot {
 
 /// All live agents of this service.
 pub struct AgentPool {
-    cli: Result<PathBuf, String>,
+    /// The CLI, or why there is none (yet: it may be being installed).
+    cli: std::sync::RwLock<Result<PathBuf, String>>,
     config_root: PathBuf,
     workspaces: Workspaces,
     extra_env: BTreeMap<String, String>,
@@ -102,7 +103,7 @@ impl AgentPool {
     /// A pool using the CLI at `cli` (or the reason there is none).
     pub fn new(config: &Config, cli: Result<PathBuf, String>, workspaces: Workspaces) -> Self {
         AgentPool {
-            cli,
+            cli: std::sync::RwLock::new(cli),
             config_root: config_root(config),
             workspaces,
             extra_env: config.defaults.env.clone(),
@@ -133,6 +134,11 @@ impl AgentPool {
             })
         });
         Ok(slot.clone())
+    }
+
+    /// Sets the CLI once it is known (after a background install).
+    pub fn set_cli(&self, cli: Result<PathBuf, String>) {
+        *self.cli.write().expect("cli lock") = cli;
     }
 
     /// How many sessions have a live process.
@@ -173,8 +179,10 @@ impl AgentPool {
     ) -> Result<AgentProcess, SessionError> {
         let cli = self
             .cli
-            .as_ref()
-            .map_err(|why| SessionError::AgentUnavailable(why.clone()))?;
+            .read()
+            .expect("cli lock")
+            .clone()
+            .map_err(SessionError::AgentUnavailable)?;
         self.make_room(slot.session).await?;
         let config_dir = self.config_dir(&record.user_id);
         create_private_dir(&config_dir)?;
@@ -183,7 +191,7 @@ impl AgentPool {
         let resume = has_transcript(&config_dir, record.session_id);
         let process = AgentProcess::spawn(
             SpawnSpec {
-                cli,
+                cli: &cli,
                 session: record.session_id,
                 resume,
                 cwd: &record.cwd,

@@ -286,3 +286,42 @@ async fn bypass_permissions_works_as_root_and_allows_every_tool() {
     assert_eq!(answer["tool_calls"][0]["is_error"], false, "{answer}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "ok");
 }
+
+#[tokio::test]
+async fn a_fresh_server_installs_the_pinned_cli_itself_while_it_already_serves() {
+    let app = AgentServer::start_self_installing().await;
+    // It listens at once: sessions work while npm runs; turns say why they cannot start yet.
+    let (id, _) = app.session("alice").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let answer = loop {
+        let response = app.chat(&id, "hello").await;
+        if response.status() == StatusCode::OK {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        let body = expect_json(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert_eq!(body["code"], "agent_unavailable", "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("being installed"),
+            "{body}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CLI was not installed in time:\n{}",
+            app.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(answer["text"], "echo: hello");
+    assert!(
+        app.server
+            .data_dir()
+            .join("cli/node_modules/.bin/claude")
+            .exists()
+    );
+    let log = app.server.log();
+    assert!(
+        log.contains("installing @anthropic-ai/claude-code@2.1.197"),
+        "{log}"
+    );
+    assert!(log.contains("cli.version=2.1.197"), "{log}");
+}

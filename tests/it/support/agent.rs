@@ -54,6 +54,31 @@ impl AgentServer {
         AgentServer { server, model }
     }
 
+    /// Starts a server that must find the CLI itself: no `cli_path`, and no `claude` on its PATH.
+    pub async fn start_self_installing() -> AgentServer {
+        let model = ModelStandIn::start().await;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let without_claude = std::env::split_paths(&path).filter(|dir| !dir.join("claude").exists());
+        let env = vec![
+            ("ANTHROPIC_BASE_URL".to_string(), model.base_url()),
+            ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
+            (
+                "PATH".to_string(),
+                std::env::join_paths(without_claude)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            (
+                "CLAUDE_AGENT_DEFAULTS__CLI_AUTO_INSTALL".to_string(),
+                "true".to_string(),
+            ),
+        ];
+        let yaml = "defaults:\n  env:\n    CLAUDE_CODE_MAX_RETRIES: '0'\n";
+        let server = TestServer::start_with_env(yaml, env).await;
+        AgentServer { server, model }
+    }
+
     /// Restarts the server on the same data, keeping the stand-in.
     pub async fn restart(self) -> AgentServer {
         AgentServer {
