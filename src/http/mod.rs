@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -91,7 +91,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             .get(&REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        tracing::info_span!("request", request.id = %request_id, method = %request.method(), uri = %request.uri().path())
+        // The matched route, not the path: paths carry ids, routes group requests.
+        let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
+        tracing::info_span!("request", request.id = %request_id, method = %request.method(), http.route = %route)
     });
     api.merge(docs)
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
