@@ -3,6 +3,7 @@
 mod chat;
 mod config;
 mod lifecycle;
+mod options;
 mod sessions_api;
 mod store;
 mod support;

@@ -7,6 +7,8 @@
 //! - `recall`: answer `recall: ` and every earlier user text, joined by ` | `.
 //! - `fail <status>`: answer with that HTTP error (429 rate limit, 500 api error, 529 overloaded,
 //!   400 invalid request).
+//! - `system <marker>`: answer `system: <characters in the system prompt> chars, marker <yes|no>`.
+//! - `model`: answer `model: <the model the request named>`.
 //! - anything else: answer `echo: <text>`.
 
 use std::collections::HashMap;
@@ -115,7 +117,11 @@ enum Step {
     Fail(u16),
 }
 
-fn script(messages: &[Value], issued: &Mutex<HashMap<String, usize>>) -> Step {
+fn script(request: &Value, issued: &Mutex<HashMap<String, usize>>) -> Step {
+    let messages = request["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let texts = user_texts(messages);
     if let Some(result) = follow_up(messages, texts.len(), issued) {
         return Step::Text(vec![format!("tool result: {result}")], Duration::ZERO);
@@ -150,7 +156,36 @@ fn script(messages: &[Value], issued: &Mutex<HashMap<String, usize>>) -> Step {
             Step::Text(vec![format!("recall: {}", earlier.join(" | "))], Duration::ZERO)
         }
         Some("fail") => Step::Fail(words.next().and_then(|n| n.parse().ok()).unwrap_or(500)),
+        Some("system") => {
+            let system = system_text(&request["system"]);
+            let marker = words.next().unwrap_or("\u{0}");
+            let found = if system.contains(marker) { "yes" } else { "no" };
+            Step::Text(
+                vec![format!(
+                    "system: {} chars, marker {found}",
+                    system.chars().count()
+                )],
+                Duration::ZERO,
+            )
+        }
+        Some("model") => Step::Text(
+            vec![format!("model: {}", request["model"].as_str().unwrap_or(""))],
+            Duration::ZERO,
+        ),
         _ => Step::Text(vec![format!("echo: {newest}")], Duration::ZERO),
+    }
+}
+
+/// The system prompt of a request: a string, or a list of text blocks.
+fn system_text(system: &Value) -> String {
+    match system {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 
@@ -162,8 +197,7 @@ fn sse(name: &str, mut data: Value) -> Bytes {
 async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let messages = request["messages"].as_array().cloned().unwrap_or_default();
-    let step = script(&messages, &state.issued);
+    let step = script(&request, &state.issued);
     if let Step::Fail(status) = step {
         let kind = match status {
             429 => "rate_limit_error",

@@ -1,0 +1,103 @@
+//! The session's agent options reach the real CLI and, through it, the model: system prompts, the
+//! model, MCP servers and plugins; and the agent's environment is the allow-list, nothing more.
+
+use serde_json::json;
+
+use crate::support::agent::AgentServer;
+
+/// Parses `system: <n> chars, marker <yes|no>`.
+fn system_reply(text: &str) -> (usize, bool) {
+    let rest = text.strip_prefix("system: ").unwrap_or_else(|| panic!("{text}"));
+    let (chars, marker) = rest.split_once(" chars, marker ").unwrap();
+    (chars.parse().unwrap(), marker == "yes")
+}
+
+#[tokio::test]
+async fn system_prompt_replaces_and_append_system_prompt_extends_claude_codes_prompt() {
+    let plain = AgentServer::start("").await;
+    let (id, _) = plain.session("alice").await;
+    let (default_chars, _) = system_reply(plain.chat_ok(&id, "system none").await["text"].as_str().unwrap());
+    assert!(
+        default_chars > 2000,
+        "Claude Code's own prompt is kept by default ({default_chars} chars)"
+    );
+
+    let replaced = AgentServer::start("  system_prompt: You are TESTBOT-7.\n").await;
+    let (id, _) = replaced.session("alice").await;
+    let (chars, marker) = system_reply(
+        replaced.chat_ok(&id, "system TESTBOT-7").await["text"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(marker, "the configured prompt reaches the model");
+    assert!(
+        chars < default_chars / 2,
+        "it replaces Claude Code's prompt ({chars} chars)"
+    );
+
+    let appended = AgentServer::start("  append_system_prompt: APPENDED-42\n").await;
+    let (id, _) = appended.session("alice").await;
+    let (chars, marker) = system_reply(
+        appended.chat_ok(&id, "system APPENDED-42").await["text"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(marker, "the appended text reaches the model");
+    assert!(
+        chars > default_chars,
+        "and Claude Code's prompt is kept ({chars} chars)"
+    );
+}
+
+#[tokio::test]
+async fn the_configured_model_reaches_the_api() {
+    let app = AgentServer::start("  model: claude-stand-in-model\n").await;
+    let (id, _) = app.session("alice").await;
+    assert_eq!(
+        app.chat_ok(&id, "model").await["text"],
+        "model: claude-stand-in-model"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_sees_only_the_allowed_environment_and_its_own_config_dir() {
+    let env = vec![("SERVICE_SECRET".to_string(), "hunter2".to_string())];
+    let app = AgentServer::start_with_env("", env).await;
+    let (id, cwd) = app.session("alice").await;
+    let command =
+        "echo S=$SERVICE_SECRET; echo C=$CLAUDE_CONFIG_DIR; echo H=$HOME; echo K=${ANTHROPIC_API_KEY:+set}";
+    let answer = app
+        .chat_ok(&id, &format!("tool Bash {}", json!({"command": command})))
+        .await;
+    let output = answer["tool_calls"][0]["result"].to_string();
+    assert!(
+        !output.contains("hunter2"),
+        "the service's environment leaked: {output}"
+    );
+    assert!(output.contains("S=\\n") || output.contains("S=\n"), "{output}");
+    let config_dir = app.server.data_dir().join("agents/alice");
+    assert!(
+        output.contains(&format!("C={}", config_dir.canonicalize().unwrap().display())),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!("H={}", cwd.display())),
+        "HOME is the user's directory: {output}"
+    );
+    assert!(output.contains("K=set"), "ANTHROPIC_* pass through: {output}");
+    // The CLI keeps its state in the user's config dir, outside every workspace.
+    assert!(config_dir.join("projects").is_dir());
+    assert!(!cwd.join(".claude.json").exists() && !cwd.join("projects").exists());
+}
+
+#[tokio::test]
+async fn sessions_with_mcp_servers_and_plugins_still_chat() {
+    let plugin = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "mcp_servers:\n  unreachable:\n    command: /nonexistent/mcp-server\nplugins: [{}]\n",
+        plugin.path().display()
+    );
+    let app = AgentServer::start(&yaml).await;
+    let (id, _) = app.session("alice").await;
+    assert_eq!(app.chat_ok(&id, "still fine").await["text"], "echo: still fine");
+}
