@@ -123,7 +123,7 @@ pub async fn chat_stream(
             Ok::<_, Infallible>(
                 Event::default()
                     .id((index + 1).to_string())
-                    .data(event_json(&event).to_string()),
+                    .data(event_data(&event)),
             )
         });
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.keepalive).text("keep-alive"));
@@ -140,7 +140,7 @@ struct TextDeltaData<'a> {
 }
 
 /// The JSON text of one event's `data:` line.
-pub fn event_data(event: &TurnEvent) -> String {
+fn event_data(event: &TurnEvent) -> String {
     match event {
         TurnEvent::TextDelta(text) => serde_json::to_string(&TextDeltaData {
             kind: "text_delta",
@@ -152,7 +152,7 @@ pub fn event_data(event: &TurnEvent) -> String {
 }
 
 /// The wire form of one event.
-pub fn event_json(event: &TurnEvent) -> Value {
+fn event_json(event: &TurnEvent) -> Value {
     match event {
         TurnEvent::TextDelta(text) => json!({"type": "text_delta", "text": text}),
         TurnEvent::ToolUse { name, input, id } => {
