@@ -61,8 +61,8 @@ impl From<SessionRecord> for SessionResponse {
 /// `GET /api/v1/sessions` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
-    /// Whose sessions to list.
-    pub user_id: String,
+    /// Whose sessions to list; without it, every session's.
+    pub user_id: Option<String>,
 }
 
 /// Parses a path id; anything that is not a UUID is simply not a session.
@@ -95,7 +95,7 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-/// List a user's session ids (the seed's shape: a JSON array of strings).
+/// List session ids, of one user or of all (the seed's shape: a JSON array of strings).
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(ListQuery),
     responses((status = 200, body = Vec<String>), (status = 422, body = ErrorBody)))]
 pub async fn list_sessions(
@@ -103,7 +103,7 @@ pub async fn list_sessions(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let Query(query) = query?;
-    let records = state.sessions.list(&query.user_id).await?;
+    let records = state.sessions.list(query.user_id.as_deref()).await?;
     Ok(Json(
         records.into_iter().map(|r| r.session_id.to_string()).collect(),
     ))

@@ -58,12 +58,12 @@ impl SessionStore for MemoryStore {
             .cloned())
     }
 
-    async fn list_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
         let cutoff = self.expiry.cutoff();
         let records = self.records.read().await;
         let mut found: Vec<SessionRecord> = records
             .values()
-            .filter(|r| r.user_id == user_id && self.expiry.is_live(r, cutoff))
+            .filter(|r| user_id.is_none_or(|u| r.user_id == u) && self.expiry.is_live(r, cutoff))
             .cloned()
             .collect();
         found.sort_by_key(|r| (r.created_at, r.session_id));

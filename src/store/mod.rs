@@ -65,8 +65,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn insert(&self, record: &SessionRecord, limits: Limits) -> Result<(), StoreError>;
     /// The unexpired record with this id.
     async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
-    /// A user's unexpired records, oldest first.
-    async fn list_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Unexpired records, oldest first: one user's, or everyone's when `user_id` is `None`.
+    async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
     /// Marks activity at `at`, adding `turns` to the message count; false if the record is gone.
     async fn touch(&self, id: SessionId, at: DateTime<Utc>, turns: u64) -> Result<bool, StoreError>;
     /// Removes a record for good; false if there was none.

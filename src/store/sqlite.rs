@@ -154,18 +154,26 @@ impl SessionStore for SqliteStore {
         row.as_ref().map(record_from_row).transpose()
     }
 
-    async fn list_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM sessions WHERE user_id = ?1 AND last_active_at >= ?2 ",
-            "ORDER BY created_at, session_id"
-        );
-        let rows = sqlx::query(sql)
+    async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
+        let cutoff = cutoff_micros(&self.expiry);
+        // Two statements rather than `?1 IS NULL OR ...`, so the per-user one keeps its index.
+        let query = match user_id {
+            Some(user_id) => sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM sessions WHERE user_id = ?1 AND last_active_at >= ?2 ",
+                "ORDER BY created_at, session_id"
+            ))
             .bind(user_id)
-            .bind(cutoff_micros(&self.expiry))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(cutoff),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM sessions WHERE last_active_at >= ?1 ORDER BY created_at, session_id"
+            ))
+            .bind(cutoff),
+        };
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
     }
 

@@ -92,14 +92,26 @@ async fn lists_by_user_oldest_first(store: Arc<dyn SessionStore>) {
     }
     store.insert(&record("carol"), ROOMY).await.unwrap();
     let listed: Vec<SessionId> = store
-        .list_by_user("bob")
+        .list(Some("bob"))
         .await
         .unwrap()
         .iter()
         .map(|r| r.session_id)
         .collect();
     assert_eq!(listed, ids);
-    assert!(store.list_by_user("nobody").await.unwrap().is_empty());
+    assert!(store.list(Some("nobody")).await.unwrap().is_empty());
+    let everyone: Vec<String> = store
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.user_id)
+        .collect();
+    assert_eq!(
+        everyone,
+        vec!["bob", "bob", "bob", "carol"],
+        "everyone's, oldest first"
+    );
 }
 
 async fn touch_counts_turns(store: Arc<dyn SessionStore>) {
@@ -125,7 +137,7 @@ async fn delete_is_final(store: Arc<dyn SessionStore>) {
     // A late update (a turn finishing after the delete) must not resurrect it.
     assert!(!store.touch(r.session_id, Utc::now(), 1).await.unwrap());
     assert!(store.get(r.session_id).await.unwrap().is_none());
-    assert!(store.list_by_user("erin").await.unwrap().is_empty());
+    assert!(store.list(Some("erin")).await.unwrap().is_empty());
 }
 
 async fn expired_records_vanish_and_purge(store: Arc<dyn SessionStore>) {
@@ -135,7 +147,7 @@ async fn expired_records_vanish_and_purge(store: Arc<dyn SessionStore>) {
     store.insert(&fresh, ROOMY).await.unwrap();
     store.insert(&stale, ROOMY).await.unwrap();
     assert!(store.get(stale.session_id).await.unwrap().is_none());
-    assert_eq!(store.list_by_user("frank").await.unwrap().len(), 1);
+    assert_eq!(store.list(Some("frank")).await.unwrap().len(), 1);
     assert_eq!(store.count().await.unwrap(), 1);
     assert!(
         !store.touch(stale.session_id, Utc::now(), 1).await.unwrap(),
@@ -177,8 +189,8 @@ async fn limits_hold_under_concurrency(store: Arc<dyn SessionStore>) {
         }
     }
     assert_eq!(ok, 5, "exactly max_total inserts succeed");
-    assert!(store.list_by_user("hank").await.unwrap().len() <= 3);
-    assert!(store.list_by_user("ivy").await.unwrap().len() <= 3);
+    assert!(store.list(Some("hank")).await.unwrap().len() <= 3);
+    assert!(store.list(Some("ivy")).await.unwrap().len() <= 3);
     match store
         .insert(
             &record("hank"),
