@@ -648,6 +648,58 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_config_with_every_seed_key_loads() {
+        let yaml = r#"
+user:
+  base_dir: "/srv/claude-users"
+  auto_create_dir: true
+session:
+  storage: "postgresql"
+  ttl: 7200
+  sqlite_path: "sessions.db"
+  pg_host: "db.internal"
+  pg_port: 5433
+  pg_database: "agents"
+  pg_user: "svc"
+  pg_password: "pw"
+api:
+  host: "0.0.0.0"
+  port: 8080
+  cors_origins: ["*"]
+  max_sessions: 10
+  max_sessions_per_user: 2
+  max_concurrent_requests: 3
+  memory_limit_mb: 2048
+  idle_session_timeout: 60
+defaults:
+  system_prompt: "You are a helpful AI assistant."
+  permission_mode: "bypassPermissions"
+  allowed_tools: ["Bash", "Read"]
+  setting_sources: ["user", "project"]
+  cli_path: null
+  model: null
+  max_turns: 20
+  max_budget_usd: 1.5
+mcp_servers:
+  files: {type: "stdio", command: "npx", args: ["-y", "some-mcp-server"]}
+plugins:
+  - type: "local"
+    path: "/opt/plugins/one"
+"#;
+        let config = load(Some(yaml), &[]).unwrap();
+        assert_eq!(config.base_dir(), PathBuf::from("/srv/claude-users"));
+        assert_eq!(config.session.storage, StorageKind::Postgresql);
+        assert_eq!((config.session.ttl, config.session.pg_port), (7200, 5433));
+        assert!(config.sqlite_path().is_absolute() && config.sqlite_path().ends_with("sessions.db"));
+        assert_eq!(config.api.cors_origins, vec!["*"]);
+        assert_eq!(config.api.idle_session_timeout, 60);
+        assert_eq!(config.defaults.permission_mode, PermissionMode::BypassPermissions);
+        assert_eq!(config.defaults.max_turns, Some(20));
+        assert_eq!(config.mcp_servers["files"]["command"], "npx");
+        assert_eq!(config.plugins[0].path(), Path::new("/opt/plugins/one"));
+    }
+
+    #[test]
     fn data_dir_moves_everything() {
         let config = load(Some("data_dir: /srv/agents\n"), &[]).unwrap();
         assert_eq!(config.sqlite_path(), PathBuf::from("/srv/agents/sessions.db"));
