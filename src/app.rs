@@ -27,10 +27,20 @@ pub enum StartupError {
     Storage(String),
     /// The workspace base directory is unusable.
     #[error("user.base_dir {path}: {source}")]
-    Workspaces { path: String, source: std::io::Error },
+    Workspaces {
+        /// The base directory.
+        path: String,
+        /// Why it is unusable.
+        source: std::io::Error,
+    },
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why it cannot be bound.
+        source: std::io::Error,
+    },
 }
 
 /// A built service, bound and ready to serve.

@@ -13,15 +13,28 @@ use serde_json::{Map, Value};
 pub enum ConfigError {
     /// The YAML file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
     /// The YAML file is not valid YAML or not a mapping.
     #[error("config file {path} is not valid YAML: {message}")]
-    Yaml { path: PathBuf, message: String },
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
     /// A key is unknown, has the wrong type or an impossible value.
     #[error("config key `{key}`{origin}: {message}")]
     Invalid {
+        /// The dotted key, e.g. `api.port`.
         key: String,
+        /// ` (from environment VAR)` when a variable set it, else empty.
         origin: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -88,9 +101,13 @@ impl PermissionMode {
 pub struct Config {
     /// Folder for everything the service keeps: the SQLite file, user workspaces, CLI config dirs.
     pub data_dir: PathBuf,
+    /// Workspaces.
     pub user: UserConfig,
+    /// The session store.
     pub session: SessionConfig,
+    /// The HTTP listener and service-wide limits.
     pub api: ApiConfig,
+    /// Agent options for new sessions.
     pub defaults: AgentDefaults,
     /// MCP servers given to every session (`--mcp-config`), by name.
     pub mcp_servers: Map<String, Value>,
@@ -112,15 +129,21 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
+    /// Which backend stores sessions.
     pub storage: StorageKind,
     /// Seconds after the last activity a session expires; 0 never expires.
     pub ttl: u64,
     /// SQLite file; `null` means `<data_dir>/sessions.db`.
     pub sqlite_path: Option<PathBuf>,
+    /// PostgreSQL host.
     pub pg_host: String,
+    /// PostgreSQL port.
     pub pg_port: u16,
+    /// PostgreSQL database.
     pub pg_database: String,
+    /// PostgreSQL user.
     pub pg_user: String,
+    /// PostgreSQL password (redacted when printed).
     pub pg_password: String,
 }
 
@@ -128,12 +151,15 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Address to listen on (loopback by default).
     pub host: String,
+    /// Port to listen on.
     pub port: u16,
     /// Origins allowed by CORS; `["*"]` allows any, `[]` sends no CORS headers.
     pub cors_origins: Vec<String>,
     /// Stored (unexpired) sessions across all users.
     pub max_sessions: u32,
+    /// Stored (unexpired) sessions per user.
     pub max_sessions_per_user: u32,
     /// Turns running at once across the service.
     pub max_concurrent_requests: u32,
@@ -158,6 +184,7 @@ pub struct AgentDefaults {
     pub system_prompt: Option<String>,
     /// Appended to Claude Code's own system prompt.
     pub append_system_prompt: Option<String>,
+    /// The CLI's `--permission-mode`.
     pub permission_mode: PermissionMode,
     /// Tools that run without asking; permission requests for others are denied.
     pub allowed_tools: Vec<String>,
@@ -167,8 +194,11 @@ pub struct AgentDefaults {
     pub cli_path: Option<PathBuf>,
     /// Install the pinned CLI into `<data_dir>/cli` with npm when none is found.
     pub cli_auto_install: bool,
+    /// The model (`null`: the CLI's default).
     pub model: Option<String>,
+    /// Model calls per message (`null`: no limit).
     pub max_turns: Option<u32>,
+    /// Spend per message in USD (`null`: no limit).
     pub max_budget_usd: Option<f64>,
     /// Extra environment variables for the CLI (beyond the built-in allow-list).
     pub env: BTreeMap<String, String>,
@@ -178,10 +208,14 @@ pub struct AgentDefaults {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PluginSpec {
+    /// A plugin folder.
     Path(PathBuf),
+    /// A plugin in the Python SDK's form.
     Local {
+        /// Always `local`.
         #[serde(rename = "type")]
         kind: String,
+        /// The plugin folder.
         path: PathBuf,
     },
 }

@@ -1,6 +1,8 @@
 //! claude-agent-http: Claude Code agent sessions for many users, over REST and SSE.
 //! See ARCHITECTURE.md for the map of modules.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod app;
 pub mod config;

@@ -53,7 +53,10 @@ pub enum Lookup {
     /// A usable CLI.
     Found(PathBuf),
     /// None, but it may be installed with this npm.
-    Installable { npm: PathBuf },
+    Installable {
+        /// The npm that would install it.
+        npm: PathBuf,
+    },
     /// None, and it may not or cannot be installed.
     Missing(CliError),
 }

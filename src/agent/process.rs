@@ -41,13 +41,20 @@ pub enum AgentError {
     Timeout(&'static str),
     /// The CLI refused a control request.
     #[error("the agent refused {subtype}: {message}")]
-    Refused { subtype: &'static str, message: String },
+    Refused {
+        /// Which request.
+        subtype: &'static str,
+        /// What the CLI said.
+        message: String,
+    },
 }
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
+    /// The exit code, if it exited.
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
     pub signal: Option<i32>,
 }
 
@@ -66,7 +73,9 @@ impl std::fmt::Display for ExitInfo {
 pub enum AgentEvent {
     /// The turn ended: its terminal event, and the CLI's running cost total if it reported one.
     Finished {
+        /// The turn's terminal event (`Done` or `Error`).
         terminal: TurnEvent,
+        /// The CLI's running cost total, from the `result` message.
         cost_total: Option<f64>,
     },
     /// The process exited.
@@ -86,17 +95,23 @@ type SharedSink = Arc<Mutex<Option<TurnSink>>>;
 
 /// Everything needed to start the CLI for one session.
 pub struct SpawnSpec<'a> {
+    /// The `claude` executable.
     pub cli: &'a Path,
+    /// The session (the CLI's `--session-id`).
     pub session: SessionId,
     /// Continue an existing transcript (`--resume`) instead of starting one (`--session-id`).
     pub resume: bool,
+    /// The working directory's path (for `PWD`).
     pub cwd: &'a Path,
     /// The working directory, opened without following links; the child changes into it by descriptor.
     pub cwd_dir: OwnedFd,
     /// The user's own `CLAUDE_CONFIG_DIR`.
     pub config_dir: &'a Path,
+    /// The agent's `HOME`: the user's directory.
     pub home: &'a Path,
+    /// The session's agent options (flags and permission policy).
     pub options: &'a AgentOptions,
+    /// Extra environment variables (`defaults.env`).
     pub extra_env: &'a BTreeMap<String, String>,
 }
 

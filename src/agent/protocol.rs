@@ -16,25 +16,38 @@ pub enum AgentMessage {
     TextDelta(String),
     /// A complete assistant message of the main agent: its text blocks and tool calls.
     Assistant {
+        /// Its text blocks, in order.
         texts: Vec<String>,
+        /// Its tool calls, in order.
         tool_uses: Vec<ToolUse>,
     },
     /// Results of the main agent's tool calls.
     ToolResults(Vec<ToolResult>),
     /// The CLI is retrying the model API.
     ApiRetry {
+        /// Which attempt comes next.
         attempt: u64,
+        /// How many attempts the CLI makes in all.
         max_retries: u64,
+        /// How long it waits before the attempt.
         delay_ms: u64,
+        /// The HTTP status that failed, if any.
         status: Option<u64>,
     },
     /// The end of a turn.
     Result(TurnResult),
     /// A request from the CLI that we must answer (permissions, hooks, MCP).
-    ControlRequest { request_id: String, request: Value },
+    ControlRequest {
+        /// The CLI's id for the request, echoed in the answer.
+        request_id: String,
+        /// The request body (`subtype` and its fields).
+        request: Value,
+    },
     /// The answer to one of our control requests.
     ControlResponse {
+        /// Our id for the request.
         request_id: String,
+        /// The answer, or the CLI's error message.
         outcome: Result<Value, String>,
     },
     /// Anything else, untouched.
@@ -44,32 +57,47 @@ pub enum AgentMessage {
 /// A tool call in an assistant message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolUse {
+    /// The id the result will refer to.
     pub id: String,
+    /// The tool's name.
     pub name: String,
+    /// The tool's input.
     pub input: Value,
 }
 
 /// A tool result in a user message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolResult {
+    /// The id of the tool call.
     pub id: String,
+    /// What the tool returned (text or content blocks).
     pub content: Value,
+    /// Whether the tool failed.
     pub is_error: bool,
 }
 
 /// The `result` message that ends every turn.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TurnResult {
+    /// `success`, or `error_*` (the kind of failure).
     pub subtype: String,
+    /// Whether the turn failed (also with subtype `success` for API errors).
     pub is_error: bool,
+    /// The final text, or the error text.
     pub result: Option<String>,
+    /// Tokens used.
     pub usage: TurnUsage,
     /// Running total for the process, not for the turn.
     pub total_cost_usd: f64,
+    /// Wall time of the turn.
     pub duration_ms: u64,
+    /// Model calls in the turn.
     pub num_turns: u64,
+    /// Why the model stopped (`end_turn`, ...).
     pub stop_reason: Option<String>,
+    /// Error details the CLI gives.
     pub errors: Vec<String>,
+    /// The HTTP status of a failed model call.
     pub api_error_status: Option<u64>,
 }
 

@@ -6,21 +6,30 @@ use serde_json::Value;
 /// One tool call made during a turn, with its result once known.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ToolCall {
+    /// The tool's name.
     pub tool: String,
+    /// The tool's input.
     #[schema(value_type = Object)]
     pub input: Value,
+    /// The tool call's id.
     pub id: String,
+    /// What the tool returned, once it has.
     #[schema(value_type = Object, nullable)]
     pub result: Option<Value>,
+    /// Whether the tool failed, once it has returned.
     pub is_error: Option<bool>,
 }
 
 /// Token usage of one turn, as the CLI reports it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TurnUsage {
+    /// Input tokens.
     pub input_tokens: u64,
+    /// Output tokens.
     pub output_tokens: u64,
+    /// Input tokens written to the prompt cache.
     pub cache_creation_input_tokens: u64,
+    /// Input tokens read from the prompt cache.
     pub cache_read_input_tokens: u64,
 }
 
@@ -29,12 +38,17 @@ pub struct TurnUsage {
 pub struct TurnOutcome {
     /// All text the agent said in the turn, blocks joined by a blank line.
     pub text: String,
+    /// Tool calls in order, each with its result.
     pub tool_calls: Vec<ToolCall>,
+    /// Tokens used by the turn.
     pub usage: TurnUsage,
     /// This turn's own cost (the CLI reports a running total per process).
     pub total_cost_usd: f64,
+    /// Wall time of the turn, as the CLI measured it.
     pub duration_ms: u64,
+    /// Model calls in the turn.
     pub num_turns: u64,
+    /// Why the model stopped (`end_turn`, ...).
     pub stop_reason: Option<String>,
 }
 
@@ -44,26 +58,43 @@ pub enum TurnEvent {
     /// A piece of the agent's text, as the model streamed it.
     TextDelta(String),
     /// The agent called a tool.
-    ToolUse { name: String, input: Value, id: String },
+    ToolUse {
+        /// The tool's name.
+        name: String,
+        /// The tool's input.
+        input: Value,
+        /// The tool call's id.
+        id: String,
+    },
     /// A tool finished.
     ToolResult {
+        /// The tool call's id.
         id: String,
+        /// What the tool returned.
         content: Value,
+        /// Whether the tool failed.
         is_error: bool,
     },
     /// The CLI is retrying the model API (the model is slow, not the service).
     ApiRetry {
+        /// Which attempt comes next.
         attempt: u64,
+        /// How many attempts the CLI makes in all.
         max_retries: u64,
+        /// How long it waits before the attempt.
         delay_ms: u64,
+        /// The HTTP status that failed, if any.
         status: Option<u64>,
     },
     /// The turn ended normally (terminal).
     Done(TurnOutcome),
     /// The turn failed (terminal).
     Error {
+        /// Why.
         code: TurnErrorCode,
+        /// What happened, for people.
         message: String,
+        /// What the turn produced before it failed.
         partial: TurnOutcome,
     },
 }
@@ -79,13 +110,21 @@ impl TurnEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnErrorCode {
+    /// A client asked to stop the turn.
     Interrupted,
+    /// The turn ran past its `timeout`.
     TurnTimeout,
+    /// The turn hit `defaults.max_turns`.
     MaxTurns,
+    /// The turn hit `defaults.max_budget_usd`.
     BudgetExceeded,
+    /// The CLI died or failed mid-turn.
     AgentCrashed,
+    /// The model API failed.
     ModelError,
+    /// The CLI could not be started (missing, being installed, no capacity).
     AgentUnavailable,
+    /// The service is shutting down.
     ServiceShutdown,
 }
 

@@ -42,15 +42,25 @@ impl fmt::Display for SessionId {
 /// The agent options in force for one session, fixed when it is created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentOptions {
+    /// Replaces Claude Code's system prompt.
     pub system_prompt: Option<String>,
+    /// Appended to Claude Code's system prompt.
     pub append_system_prompt: Option<String>,
+    /// The CLI's permission mode.
     pub permission_mode: PermissionMode,
+    /// Tools that run without asking.
     pub allowed_tools: Vec<String>,
+    /// Settings sources the CLI reads.
     pub setting_sources: Option<Vec<String>>,
+    /// The model.
     pub model: Option<String>,
+    /// Model calls per message.
     pub max_turns: Option<u32>,
+    /// Spend per message in USD.
     pub max_budget_usd: Option<f64>,
+    /// MCP servers, by name.
     pub mcp_servers: Map<String, Value>,
+    /// Plugin folders.
     pub plugins: Vec<PluginSpec>,
 }
 
@@ -76,15 +86,22 @@ impl AgentOptions {
 /// What the store keeps about one session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    /// The session's id.
     pub session_id: SessionId,
+    /// Whose session it is.
     pub user_id: String,
+    /// The subdirectory of the user's directory, if any.
     pub subdir: Option<String>,
     /// The resolved working directory (no symlinks in it).
     pub cwd: PathBuf,
+    /// The agent options in force.
     pub options: AgentOptions,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last used (expiry counts from here).
     pub last_active_at: DateTime<Utc>,
     /// Turns completed.
     pub message_count: u64,
+    /// The client's own data.
     pub metadata: Map<String, Value>,
 }

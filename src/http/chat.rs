@@ -24,6 +24,7 @@ use crate::domain::{TurnEvent, TurnOutcome};
 /// A message for a session's agent.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
+    /// The session to talk to.
     pub session_id: String,
     /// What the user says; must not be empty.
     pub message: String,
@@ -35,9 +36,12 @@ pub struct ChatRequest {
 /// their results, usage, this turn's own cost, ...) with the session and a timestamp.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatResponse {
+    /// The session.
     pub session_id: String,
+    /// What the turn produced.
     #[serde(flatten)]
     pub outcome: TurnOutcome,
+    /// When the answer was made.
     pub timestamp: DateTime<Utc>,
 }
 

@@ -12,6 +12,7 @@ use super::AppState;
 pub struct HealthResponse {
     /// `healthy`, or `unhealthy` when the store does not answer.
     pub status: &'static str,
+    /// The service's version.
     pub version: &'static str,
     /// Stored, unexpired sessions.
     pub active_sessions: u64,
@@ -19,7 +20,9 @@ pub struct HealthResponse {
     pub in_memory_clients: u64,
     /// Resident memory of the service and all its child processes.
     pub memory_mb: f64,
+    /// `memory`, `sqlite` or `postgresql`.
     pub storage_type: &'static str,
+    /// Seconds since the service started.
     pub uptime_seconds: f64,
 }
 
@@ -58,10 +61,15 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
 /// What this service is.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RootResponse {
+    /// The service's name.
     pub name: &'static str,
+    /// Its version.
     pub version: &'static str,
+    /// Interactive API docs.
     pub docs: &'static str,
+    /// The OpenAPI document.
     pub openapi: &'static str,
+    /// The health check.
     pub health: &'static str,
 }
 

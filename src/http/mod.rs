@@ -26,8 +26,11 @@ use crate::sessions::Sessions;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The session service.
     pub sessions: Arc<Sessions>,
+    /// When the service started.
     pub started: Instant,
+    /// The storage backend's name, for `/health`.
     pub storage_type: &'static str,
     /// Interval of SSE keep-alive comments.
     pub keepalive: Duration,

@@ -28,16 +28,23 @@ pub struct CreateSessionRequest {
 /// A session as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionResponse {
+    /// The session's id (a UUID).
     pub session_id: String,
+    /// Whose session it is.
     pub user_id: String,
+    /// The subdirectory, if any.
     pub subdir: Option<String>,
+    /// The agent's working directory.
     pub cwd: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it was last used.
     pub last_active_at: DateTime<Utc>,
     /// Turns completed.
     pub message_count: u64,
     /// Always `active` for a session that exists (the seed's field).
     pub status: &'static str,
+    /// Your own data, as given.
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
 }
@@ -147,6 +154,7 @@ pub async fn delete_session(
 /// The answer to an interrupt.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InterruptResponse {
+    /// The session.
     pub session_id: String,
     /// Whether a running turn was told to stop (it then ends with `error` code `interrupted`).
     pub interrupted: bool,

@@ -25,8 +25,11 @@ pub use error::SessionError;
 /// What a client asks for when creating a session.
 #[derive(Debug, Clone, Default)]
 pub struct NewSession {
+    /// Whose session.
     pub user_id: String,
+    /// A subdirectory of the user's directory.
     pub subdir: Option<String>,
+    /// The client's own data.
     pub metadata: Map<String, Value>,
 }
 

@@ -54,7 +54,9 @@ impl std::fmt::Display for LimitScope {
 /// Session-count limits checked atomically with an insert.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Unexpired sessions in all.
     pub max_total: u32,
+    /// Unexpired sessions per user.
     pub max_per_user: u32,
 }
 

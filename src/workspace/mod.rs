@@ -34,7 +34,12 @@ pub enum WorkspaceError {
     Missing(String),
     /// The file system failed.
     #[error("workspace I/O error at {path:?}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// Where.
+        path: String,
+        /// What failed.
+        source: io::Error,
+    },
 }
 
 /// The root under which every user's workspace lives.
