@@ -418,8 +418,12 @@ impl AgentProcess {
                             let _ = waiter.send(outcome);
                         }
                     }
-                    // Nothing downstream reads untyped messages.
-                    AgentMessage::Other(_) => {}
+                    // Nothing downstream reads untyped messages, but they show the turn has begun.
+                    AgentMessage::Other(_) => {
+                        if let Some(turn) = reader_sink.lock().expect("sink lock").as_mut() {
+                            turn.tracker.note_output();
+                        }
+                    }
                     message => {
                         let cost_total = match &message {
                             AgentMessage::Result(result) => Some(result.total_cost_usd),
@@ -503,6 +507,15 @@ impl AgentProcess {
         }
     }
 
+    /// Whether the CLI has printed nothing yet for the running turn.
+    pub fn turn_silent(&self) -> bool {
+        self.sink
+            .lock()
+            .expect("sink lock")
+            .as_ref()
+            .is_none_or(|t| !t.tracker.has_seen_output())
+    }
+
     /// Whether the service asked the running turn to stop.
     pub fn turn_stopped(&self) -> bool {
         self.sink
@@ -542,6 +555,11 @@ impl AgentProcess {
             .cloned()
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Whether the process is gone: it exited, or it is dead and tokio has not collected it yet.
+    pub fn is_gone(&self) -> bool {
+        self.has_exited() || !tree::is_alive(self.pid)
     }
 
     /// Whether the process has exited.

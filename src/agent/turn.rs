@@ -12,6 +12,8 @@ pub struct TurnTracker {
     tool_calls: Vec<ToolCall>,
     cost_before: f64,
     stopped_by: Option<TurnErrorCode>,
+    /// Whether any message of this turn has arrived.
+    seen_output: bool,
 }
 
 impl TurnTracker {
@@ -33,8 +35,19 @@ impl TurnTracker {
         self.stopped_by
     }
 
+    /// Whether the CLI has printed anything for this turn.
+    pub fn has_seen_output(&self) -> bool {
+        self.seen_output
+    }
+
+    /// Records that the CLI printed something for this turn that produces no event.
+    pub fn note_output(&mut self) {
+        self.seen_output = true;
+    }
+
     /// The events one message produces; the last one is terminal when the turn ended.
     pub fn on_message(&mut self, message: AgentMessage) -> Vec<TurnEvent> {
+        self.seen_output = true;
         match message {
             AgentMessage::TextDelta(text) => vec![TurnEvent::TextDelta(text)],
             AgentMessage::Assistant { texts, tool_uses } => {

@@ -127,7 +127,7 @@ impl Sessions {
         // A running turn already has the process; otherwise start it now so the next message is
         // warm. Warming is best effort: if it fails, the next message reports why.
         if let Ok(mut guard) = slot.process.try_lock()
-            && guard.as_ref().is_none_or(|p| p.has_exited())
+            && guard.as_ref().is_none_or(|p| p.is_gone())
         {
             if let Some(dead) = guard.take() {
                 slot.set_live(false);

@@ -28,6 +28,17 @@ pub(super) struct Turn {
     pub events: mpsc::UnboundedSender<TurnEvent>,
 }
 
+/// How one attempt at a turn ended.
+struct Run {
+    terminal: TurnEvent,
+    /// The process is gone.
+    crashed: bool,
+    /// It died before printing anything for this turn (and we did not stop it).
+    silent: bool,
+    /// We had asked it to stop (interrupt, timeout, shutdown).
+    stopped: bool,
+}
+
 /// Releases the slot however the turn ends (even by panic).
 struct Claim(Arc<Slot>);
 
@@ -57,91 +68,116 @@ impl Turn {
             _ = sleep_until(deadline) => return self.finish(fail(TurnErrorCode::TurnTimeout, "timed out waiting for a free turn slot".into()), false).await,
         };
         let mut guard = self.slot.process.lock().await;
-        if guard.as_ref().is_some_and(AgentProcess::has_exited) {
-            // It died between turns (killed, crashed): clean up and start afresh with --resume.
-            let dead = guard.take().expect("checked");
-            tracing::warn!(session.id = %session, agent.stderr = %dead.stderr_tail(), "agent had exited while idle");
-            dead.reap_after_crash().await;
-            self.slot.set_live(false);
-        }
-        if guard.is_none() {
-            match self.pool.start(&self.slot, &self.record).await {
-                Ok(process) => *guard = Some(process),
-                Err(e) => {
-                    let code = e.to_string();
-                    tracing::error!(session.id = %session, error = %code, "cannot start the agent");
-                    drop(guard);
-                    return self
-                        .finish(fail(TurnErrorCode::AgentUnavailable, code), false)
-                        .await;
+        // A CLI that dies without printing anything for this turn never began it (it was killed or
+        // crashed while idle, or just as the message was written): it is replaced (`--resume`) and
+        // the message handed over once more.
+        let mut attempt = 0;
+        let terminal = loop {
+            attempt += 1;
+            if guard.as_ref().is_some_and(AgentProcess::is_gone) {
+                let dead = guard.take().expect("checked");
+                tracing::warn!(session.id = %session, agent.stderr = %dead.stderr_tail(), "agent had exited while idle");
+                dead.reap_after_crash().await;
+                self.slot.set_live(false);
+            }
+            if guard.is_none() {
+                match self.pool.start(&self.slot, &self.record).await {
+                    Ok(process) => *guard = Some(process),
+                    Err(e) => {
+                        let code = e.to_string();
+                        tracing::error!(session.id = %session, error = %code, "cannot start the agent");
+                        drop(guard);
+                        return self
+                            .finish(fail(TurnErrorCode::AgentUnavailable, code), false)
+                            .await;
+                    }
                 }
             }
-        }
-        let process = guard.as_mut().expect("started");
-        let control = process.control();
-        let mut kill_at: Option<Instant> = None;
-        let mut crashed = false;
+            let process = guard.as_mut().expect("started");
+            let run = self.drive(process, &mut interrupts, deadline).await;
+            if run.crashed {
+                let dead = guard.take().expect("present");
+                self.slot.set_live(false);
+                if run.silent && attempt < 2 {
+                    tracing::warn!(session.id = %session, agent.stderr = %dead.stderr_tail(), "agent died before the turn began; retrying on a fresh process");
+                    dead.reap_after_crash().await;
+                    continue;
+                }
+                if !run.stopped {
+                    tracing::error!(session.id = %session, agent.stderr = %dead.stderr_tail(), "agent died mid-turn");
+                }
+                dead.reap_after_crash().await;
+            }
+            break run.terminal;
+        };
+        drop(guard);
+        drop(permit);
+        self.finish(terminal, true).await;
+    }
+
+    /// Hands the message to the process and follows the turn to its end, stopping it on interrupt
+    /// or timeout (and killing a CLI that ignores the stop).
+    async fn drive(
+        &self,
+        process: &mut AgentProcess,
+        interrupts: &mut mpsc::UnboundedReceiver<TurnErrorCode>,
+        deadline: Option<Instant>,
+    ) -> Run {
         let gone = crate::agent::ExitInfo {
             code: None,
             signal: None,
         };
-
-        let terminal = if process
+        if process
             .start_turn(&self.message, self.events.clone())
             .await
             .is_err()
         {
-            crashed = true;
-            process.end_turn_on_exit(gone)
-        } else {
-            loop {
-                tokio::select! {
-                    event = process.next_event() => match event {
+            let silent = process.turn_silent();
+            return Run {
+                terminal: process.end_turn_on_exit(gone),
+                crashed: true,
+                silent,
+                stopped: false,
+            };
+        }
+        let control = process.control();
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                event = process.next_event() => {
+                    let exit = match event {
                         Some(AgentEvent::Finished { terminal, cost_total }) => {
                             if let Some(total) = cost_total {
                                 process.set_cost_total(total);
                             }
-                            break terminal;
+                            return Run { terminal, crashed: false, silent: false, stopped: false };
                         }
-                        Some(AgentEvent::Exited(exit)) => {
-                            crashed = true;
-                            if !process.turn_stopped() {
-                                tracing::error!(session.id = %session, agent.exit = %exit, agent.stderr = %process.stderr_tail(), "agent died mid-turn");
-                            }
-                            break process.end_turn_on_exit(exit);
-                        }
-                        None => {
-                            crashed = true;
-                            break process.end_turn_on_exit(gone);
-                        }
-                    },
-                    Some(code) = interrupts.recv(), if kill_at.is_none() => {
-                        process.stop_turn_as(code);
-                        kill_at = Some(Instant::now() + INTERRUPT_GRACE);
-                        let control = control.clone();
-                        tokio::spawn(async move { let _ = control.interrupt().await; });
-                    }
-                    _ = sleep_until(deadline), if kill_at.is_none() => {
-                        process.stop_turn_as(TurnErrorCode::TurnTimeout);
-                        kill_at = Some(Instant::now() + INTERRUPT_GRACE);
-                        let control = control.clone();
-                        tokio::spawn(async move { let _ = control.interrupt().await; });
-                    }
-                    _ = sleep_until(kill_at) => {
-                        tracing::warn!(session.id = %session, "agent ignored the interrupt; killing it");
-                        process.force_kill();
-                        kill_at = Some(Instant::now() + Duration::from_secs(3600));
-                    }
+                        Some(AgentEvent::Exited(exit)) => exit,
+                        None => gone,
+                    };
+                    let stopped = process.turn_stopped();
+                    let silent = !stopped && process.turn_silent();
+                    return Run { terminal: process.end_turn_on_exit(exit), crashed: true, silent, stopped };
+                }
+                Some(code) = interrupts.recv(), if kill_at.is_none() => {
+                    process.stop_turn_as(code);
+                    kill_at = Some(Instant::now() + INTERRUPT_GRACE);
+                    let control = control.clone();
+                    tokio::spawn(async move { let _ = control.interrupt().await; });
+                }
+                _ = sleep_until(deadline), if kill_at.is_none() => {
+                    process.stop_turn_as(TurnErrorCode::TurnTimeout);
+                    kill_at = Some(Instant::now() + INTERRUPT_GRACE);
+                    let control = control.clone();
+                    tokio::spawn(async move { let _ = control.interrupt().await; });
+                }
+                _ = sleep_until(kill_at) => {
+                    tracing::warn!(session.id = %self.record.session_id, "agent ignored the interrupt; killing it");
+                    process.force_kill();
+                    kill_at = Some(Instant::now() + Duration::from_secs(3600));
                 }
             }
-        };
-        if crashed && let Some(dead) = guard.take() {
-            self.slot.set_live(false);
-            dead.reap_after_crash().await;
         }
-        drop(guard);
-        drop(permit);
-        self.finish(terminal, true).await;
     }
 
     /// Records the turn and delivers its terminal event (after the record, so a client that sees

@@ -134,3 +134,9 @@ async fn healthcheck_subcommand_follows_the_server() {
     assert_eq!(server.stop(), Some(0), "SIGTERM is a clean shutdown");
     assert!(!check().status.success());
 }
+
+#[tokio::test]
+async fn sigint_is_a_clean_shutdown_too() {
+    let mut server = TestServer::start("").await;
+    assert_eq!(server.stop_with("-INT"), Some(0));
+}

@@ -265,3 +265,40 @@ async fn after_a_hard_crash_the_next_start_kills_what_was_left_and_conversations
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_cli_killed_while_idle_is_replaced_on_the_next_message() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "remember me").await;
+    // The CLI writes its transcript lazily (protocol reference, section 8): a CLI killed right after a
+    // turn can lose that turn. Graceful stops flush it; a kill -9 does not, so wait for the flush.
+    let projects = app.server.data_dir().join("agents/alice/projects");
+    eventually("the transcript to hold the turn", Duration::from_secs(10), || {
+        std::fs::read_dir(&projects)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|dir| {
+                std::fs::read_to_string(dir.path().join(format!("{id}.jsonl")))
+                    .is_ok_and(|t| t.contains("remember me"))
+            })
+    })
+    .await;
+    let cli = session_processes(&id)[0];
+    std::process::Command::new("kill")
+        .args(["-9", &cli.to_string()])
+        .status()
+        .unwrap();
+    eventually("the CLI to die", Duration::from_secs(5), || {
+        session_processes(&id).is_empty()
+    })
+    .await;
+    assert_eq!(app.chat_ok(&id, "recall").await["text"], "recall: remember me");
+    // Noticed before the message was written, or when it died as it was written: either way replaced.
+    let log = app.server.log();
+    assert!(
+        log.contains("agent had exited while idle") || log.contains("agent died before the turn began"),
+        "{log}"
+    );
+}

@@ -92,9 +92,14 @@ impl TestServer {
 
     /// Stops the server with SIGTERM and waits for it to exit; returns its exit status code.
     pub fn stop(&mut self) -> Option<i32> {
+        self.stop_with("-TERM")
+    }
+
+    /// Stops the server with the given `kill` signal option and waits; returns its exit status code.
+    pub fn stop_with(&mut self, signal: &str) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(signal)
             .arg(child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
