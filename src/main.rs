@@ -70,6 +70,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, port_file: Option<PathBuf>) -> ExitCode {
+    // Handlers first: a signal that arrives as soon as we report ready must still shut down
+    // gracefully, not kill the process with the default action.
+    let shutdown = shutdown_signal();
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -88,7 +91,7 @@ async fn serve(config: Config, port_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match app.run(shutdown_signal()).await {
+    match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("server failed: {e}");
@@ -97,15 +100,18 @@ async fn serve(config: Config, port_file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }
 
 fn healthcheck(config: &Config) -> ExitCode {
