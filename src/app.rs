@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::agent::{cli, tree};
 use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
-use crate::sessions::Sessions;
+use crate::sessions::{CliState, Sessions};
 use crate::store::{MemoryStore, SessionStore, SqliteStore, StoreError};
 use crate::workspace::Workspaces;
 
@@ -83,12 +83,7 @@ impl App {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
         }
         tree::kill_orphaned_agent_processes();
-        let sessions = Arc::new(Sessions::new(
-            &config,
-            store,
-            workspaces,
-            Err("the Claude Code CLI is being looked for".into()),
-        ));
+        let sessions = Arc::new(Sessions::new(&config, store, workspaces));
         find_cli(&config, sessions.agents().clone());
         tokio::spawn(sessions.agents().clone().supervise());
         let state = AppState {
@@ -170,28 +165,31 @@ fn find_cli(config: &Config, pool: Arc<crate::sessions::AgentPool>) {
         config.defaults.cli_auto_install,
     ) {
         cli::Lookup::Found(path) => {
-            pool.set_cli(Ok(path.clone()));
-            tokio::task::spawn_blocking(move || cli::log_version(&path));
+            pool.set_cli_state(CliState::Ready {
+                path: path.clone(),
+                version: None,
+            });
+            tokio::task::spawn_blocking(move || {
+                let version = cli::log_version(&path);
+                pool.set_cli_state(CliState::Ready { path, version });
+            });
         }
         cli::Lookup::Installable { npm } => {
-            pool.set_cli(Err(format!(
-                "the Claude Code CLI {} is being installed; try again shortly",
-                cli::TESTED_CLI_VERSION
-            )));
+            pool.set_cli_state(CliState::Installing);
             tokio::task::spawn_blocking(move || match cli::install(&npm, &install_dir) {
                 Ok(path) => {
-                    cli::log_version(&path);
-                    pool.set_cli(Ok(path));
+                    let version = cli::log_version(&path);
+                    pool.set_cli_state(CliState::Ready { path, version });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
-                    pool.set_cli(Err(e.to_string()));
+                    pool.set_cli_state(CliState::Missing(e.to_string()));
                 }
             });
         }
         cli::Lookup::Missing(e) => {
             tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
-            pool.set_cli(Err(e.to_string()));
+            pool.set_cli_state(CliState::Missing(e.to_string()));
         }
     }
 }

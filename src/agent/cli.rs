@@ -161,9 +161,10 @@ pub fn version(cli: &Path) -> Option<String> {
     out.split_whitespace().next().map(str::to_string)
 }
 
-/// Logs which CLI is used and warns when it is not the tested version.
-pub fn log_version(cli: &Path) {
-    match version(cli) {
+/// Logs which CLI is used, warns when it is not the tested version, and returns its version.
+pub fn log_version(cli: &Path) -> Option<String> {
+    let found = version(cli);
+    match &found {
         Some(v) if v == TESTED_CLI_VERSION => {
             tracing::info!(cli.path = %cli.display(), cli.version = %v, "Claude Code CLI")
         }
@@ -173,4 +174,5 @@ pub fn log_version(cli: &Path) {
         ),
         None => tracing::warn!(cli.path = %cli.display(), "Claude Code CLI did not report a version"),
     }
+    found
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
+use crate::sessions::CliState;
 
 /// Service health, in the seed's shape.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -24,6 +25,35 @@ pub struct HealthResponse {
     pub storage_type: &'static str,
     /// Seconds since the service started.
     pub uptime_seconds: f64,
+    /// The Claude Code CLI the agents run.
+    pub agent_cli: AgentCliHealth,
+}
+
+/// The Claude Code CLI, as `/health` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentCliHealth {
+    /// `ready`, `installing`, `looking` or `missing`.
+    pub status: &'static str,
+    /// Its version, once known.
+    pub version: Option<String>,
+    /// Why it is missing.
+    pub detail: Option<String>,
+}
+
+impl From<CliState> for AgentCliHealth {
+    fn from(state: CliState) -> Self {
+        let status = state.status();
+        let (version, detail) = match state {
+            CliState::Ready { version, .. } => (version, None),
+            CliState::Missing(why) => (None, Some(why)),
+            CliState::Looking | CliState::Installing => (None, None),
+        };
+        AgentCliHealth {
+            status,
+            version,
+            detail,
+        }
+    }
 }
 
 /// Health of the service and its store.
@@ -49,6 +79,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         storage_type: state.storage_type,
         uptime_seconds: (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        agent_cli: state.sessions.agents().cli_state().into(),
     };
     let status = if healthy {
         StatusCode::OK

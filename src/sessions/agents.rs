@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::SessionError;
+use crate::agent::cli::TESTED_CLI_VERSION;
 use crate::agent::process::{has_transcript, session_files};
 use crate::agent::{AgentProcess, SpawnSpec, tree};
 use crate::config::Config;
@@ -24,6 +25,36 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// Every how many ticks it looks for processes left behind by a service that died (it reads every
 /// process's environment, so not on every tick).
 const ORPHAN_SWEEP_TICKS: u64 = 6;
+
+/// Where the pool stands with the Claude Code CLI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CliState {
+    /// Not looked for yet.
+    Looking,
+    /// Being installed with npm.
+    Installing,
+    /// Found.
+    Ready {
+        /// The executable.
+        path: PathBuf,
+        /// Its version, once it has answered `--version`.
+        version: Option<String>,
+    },
+    /// None, and why.
+    Missing(String),
+}
+
+impl CliState {
+    /// A one-word status for `/health`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            CliState::Looking => "looking",
+            CliState::Installing => "installing",
+            CliState::Ready { .. } => "ready",
+            CliState::Missing(_) => "missing",
+        }
+    }
+}
 
 /// One session's live state.
 pub struct Slot {
@@ -85,8 +116,8 @@ impl Slot {
 
 /// All live agents of this service.
 pub struct AgentPool {
-    /// The CLI, or why there is none (yet: it may be being installed).
-    cli: std::sync::RwLock<Result<PathBuf, String>>,
+    /// Where the pool stands with the CLI.
+    cli: std::sync::RwLock<CliState>,
     config_root: PathBuf,
     workspaces: Workspaces,
     extra_env: BTreeMap<String, String>,
@@ -100,10 +131,10 @@ pub struct AgentPool {
 }
 
 impl AgentPool {
-    /// A pool using the CLI at `cli` (or the reason there is none).
-    pub fn new(config: &Config, cli: Result<PathBuf, String>, workspaces: Workspaces) -> Self {
+    /// A pool with no CLI yet (see `set_cli_state`).
+    pub fn new(config: &Config, workspaces: Workspaces) -> Self {
         AgentPool {
-            cli: std::sync::RwLock::new(cli),
+            cli: std::sync::RwLock::new(CliState::Looking),
             config_root: config_root(config),
             workspaces,
             extra_env: config.defaults.env.clone(),
@@ -136,9 +167,14 @@ impl AgentPool {
         Ok(slot.clone())
     }
 
-    /// Sets the CLI once it is known (after a background install).
-    pub fn set_cli(&self, cli: Result<PathBuf, String>) {
-        *self.cli.write().expect("cli lock") = cli;
+    /// Records where the pool stands with the CLI (found, being installed, missing).
+    pub fn set_cli_state(&self, state: CliState) {
+        *self.cli.write().expect("cli lock") = state;
+    }
+
+    /// Where the pool stands with the CLI.
+    pub fn cli_state(&self) -> CliState {
+        self.cli.read().expect("cli lock").clone()
     }
 
     /// How many sessions have a live process.
@@ -177,12 +213,20 @@ impl AgentPool {
         slot: &Slot,
         record: &SessionRecord,
     ) -> Result<AgentProcess, SessionError> {
-        let cli = self
-            .cli
-            .read()
-            .expect("cli lock")
-            .clone()
-            .map_err(SessionError::AgentUnavailable)?;
+        let cli = match self.cli_state() {
+            CliState::Ready { path, .. } => path,
+            CliState::Installing => {
+                return Err(SessionError::AgentUnavailable(format!(
+                    "the Claude Code CLI {TESTED_CLI_VERSION} is being installed; try again shortly"
+                )));
+            }
+            CliState::Looking => {
+                return Err(SessionError::AgentUnavailable(
+                    "the Claude Code CLI is being looked for".into(),
+                ));
+            }
+            CliState::Missing(why) => return Err(SessionError::AgentUnavailable(why)),
+        };
         self.make_room(slot.session).await?;
         let config_dir = self.config_dir(&record.user_id);
         create_private_dir(&config_dir)?;

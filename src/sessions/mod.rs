@@ -6,7 +6,6 @@ mod agents;
 mod error;
 mod turn;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::domain::{AgentOptions, SessionId, SessionRecord, TurnEvent};
 use crate::store::{Limits, SessionStore, StoreError};
 use crate::workspace::Workspaces;
 
-pub use agents::{AgentPool, config_root as agents_root};
+pub use agents::{AgentPool, CliState, config_root as agents_root};
 pub use error::SessionError;
 
 /// What a client asks for when creating a session.
@@ -43,16 +42,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Wires the service from its parts; `cli` is the Claude Code CLI (or why there is none).
-    pub fn new(
-        config: &Config,
-        store: Arc<dyn SessionStore>,
-        workspaces: Workspaces,
-        cli: Result<PathBuf, String>,
-    ) -> Self {
+    /// Wires the service from its parts (the agent pool learns about the CLI later).
+    pub fn new(config: &Config, store: Arc<dyn SessionStore>, workspaces: Workspaces) -> Self {
         Sessions {
             store,
-            agents: Arc::new(AgentPool::new(config, cli, workspaces.clone())),
+            agents: Arc::new(AgentPool::new(config, workspaces.clone())),
             workspaces,
             limits: Limits {
                 max_total: config.api.max_sessions,

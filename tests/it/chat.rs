@@ -50,6 +50,11 @@ async fn sync_and_stream_echo_and_the_count_advances() {
     assert_eq!(app.session_json(&id).await["message_count"], 2);
     let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();
     assert_eq!(health["in_memory_clients"], 1);
+    assert_eq!(health["agent_cli"]["status"], "ready");
+    assert_eq!(
+        health["agent_cli"]["version"], "2.1.197",
+        "the version is known once the CLI answered"
+    );
 }
 
 #[tokio::test]
@@ -318,6 +323,9 @@ async fn a_fresh_server_installs_the_pinned_cli_itself_while_it_already_serves()
             .join("cli/node_modules/.bin/claude")
             .exists()
     );
+    let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();
+    assert_eq!(health["agent_cli"]["status"], "ready", "{health}");
+    assert_eq!(health["agent_cli"]["version"], "2.1.197", "{health}");
     let log = app.server.log();
     assert!(
         log.contains("installing @anthropic-ai/claude-code@2.1.197"),

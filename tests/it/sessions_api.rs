@@ -245,6 +245,15 @@ async fn health_root_openapi_and_docs_answer() {
     }
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["storage_type"], "sqlite");
+    // This server has no CLI and may not install one: it says so, and why.
+    assert_eq!(health["agent_cli"]["status"], "missing", "{health}");
+    assert!(
+        health["agent_cli"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cli_auto_install"),
+        "{health}"
+    );
     assert!(health["memory_mb"].as_f64().unwrap() > 1.0);
 
     let root = expect_json(server.get("/").await, StatusCode::OK).await;
