@@ -60,9 +60,8 @@ impl From<CliState> for AgentCliHealth {
 #[utoipa::path(get, path = "/health", tag = "service",
     responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    let store = state.sessions.store();
-    let (healthy, active_sessions) = match store.ping().await {
-        Ok(()) => (true, store.count().await.unwrap_or_default()),
+    let (healthy, active_sessions) = match state.sessions.ping().await {
+        Ok(()) => (true, state.sessions.count().await.unwrap_or_default()),
         Err(e) => {
             tracing::error!(error = %e, "session store unreachable");
             (false, 0)

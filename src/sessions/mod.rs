@@ -56,11 +56,6 @@ impl Sessions {
         }
     }
 
-    /// The store behind the service (for health checks).
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     /// Creates a session: validates names, checks limits, creates the workspace. No process starts.
     pub async fn create(&self, request: NewSession) -> Result<SessionRecord, SessionError> {
         let subdir = request.subdir.as_deref();
@@ -193,6 +188,11 @@ impl Sessions {
     /// The live agents.
     pub fn agents(&self) -> &Arc<AgentPool> {
         &self.agents
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), SessionError> {
+        Ok(self.store.ping().await?)
     }
 
     /// How many unexpired sessions exist.
