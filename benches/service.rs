@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claude_agent_http::agent::{cli, process::cli_args, tree};
+use claude_agent_http::agent::{cli, command::cli_args, tree};
 use claude_agent_http::config::Config;
 use claude_agent_http::domain::{AgentOptions, SessionId};
 use reqwest::StatusCode;
@@ -442,7 +442,7 @@ impl Bare {
         let workdir = home.join("work");
         std::fs::create_dir_all(&workdir).unwrap();
         let mut child = Command::new(cli_path())
-            .args(cli_args(session, resume, &options))
+            .args(cli_args(session, resume, &options, None))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             // The same shape as the service: HOME is the user's directory, which is also the cwd.

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::agent::{cli, tree};
+use crate::agent::{DirectLauncher, Inherited, cli, tree};
 use crate::config::{Config, StorageKind};
+use crate::domain::AgentOptions;
 use crate::http::{self, AppState};
-use crate::sessions::{CliState, Sessions};
-use crate::store::{MemoryStore, SessionStore, SqliteStore, StoreError};
+use crate::runtime::{CliState, NoEventLog, Runtime, RuntimeSettings};
+use crate::sessions::Sessions;
+use crate::store::{Limits, MemoryStore, SessionStore, SqliteStore, StoreError};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -71,7 +73,7 @@ impl App {
                 source,
             }
         })?;
-        let agents_root = crate::sessions::agents_root(&config);
+        let agents_root = crate::runtime::agents_root(&config.data_dir);
         if agents_root.starts_with(workspaces.base()) || workspaces.base().starts_with(&agents_root) {
             return Err(StartupError::Storage(format!(
                 "user.base_dir ({}) and the agents' config folder ({}) must not contain each other",
@@ -79,13 +81,39 @@ impl App {
                 agents_root.display()
             )));
         }
+        // Tools that detach are adopted by the service (and reaped by it) rather than by init.
         if let Err(e) = tree::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
         }
-        tree::kill_orphaned_agent_processes();
-        let sessions = Arc::new(Sessions::new(&config, store, workspaces));
-        find_cli(&config, sessions.agents().clone());
-        tokio::spawn(sessions.agents().clone().supervise());
+        let inherited = Inherited::from_service_environment();
+        if !inherited.has_model_credentials() && !config.defaults.env.contains_key("ANTHROPIC_API_KEY") {
+            tracing::warn!(
+                "no model API credentials: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN with \
+                 ANTHROPIC_BASE_URL) in the service's environment, or every turn fails with credentials_missing"
+            );
+        }
+        let runtime = Arc::new(Runtime::new(
+            runtime_settings(&config, inherited),
+            store.clone(),
+            workspaces.clone(),
+            Arc::new(DirectLauncher),
+            Arc::new(NoEventLog),
+        ));
+        if !runtime.has_cgroups() {
+            tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
+        }
+        let sessions = Arc::new(Sessions::new(
+            store,
+            workspaces,
+            runtime.clone(),
+            Limits {
+                max_total: config.api.max_sessions,
+                max_per_user: config.api.max_sessions_per_user,
+            },
+            AgentOptions::from_config(&config),
+        ));
+        find_cli(&config, runtime.clone());
+        tokio::spawn(runtime.watch());
         let state = AppState {
             sessions: sessions.clone(),
             started: Instant::now(),
@@ -133,9 +161,9 @@ impl App {
             shutdown.await;
             // Stopping the agents ends running turns, so their SSE streams close and the
             // graceful drain below can finish.
-            let agents = sessions.agents().clone();
+            let runtime = sessions.runtime().clone();
             tokio::spawn(async move {
-                agents.shutdown().await;
+                runtime.shutdown().await;
                 let _ = stopped_tx.send(());
             });
         };
@@ -148,7 +176,7 @@ impl App {
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(signal)
             .await;
-        self.sessions.agents().shutdown().await;
+        self.sessions.runtime().shutdown().await;
         let _ = stopped_rx.await;
         served
     }
@@ -157,7 +185,7 @@ impl App {
 /// Finds the CLI at startup. When it must be installed, the install runs in the background (the
 /// service listens meanwhile; turns answer `agent_unavailable` until it is done) and the pool gets
 /// the CLI when it is ready.
-fn find_cli(config: &Config, pool: Arc<crate::sessions::AgentPool>) {
+fn find_cli(config: &Config, pool: Arc<Runtime>) {
     let install_dir = cli::install_dir(&config.data_dir);
     match cli::find(
         config.defaults.cli_path.as_deref(),
@@ -191,6 +219,27 @@ fn find_cli(config: &Config, pool: Arc<crate::sessions::AgentPool>) {
             tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
             pool.set_cli_state(CliState::Missing(e.to_string()));
         }
+    }
+}
+
+/// The runtime's settings, from the configuration.
+fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
+    let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    RuntimeSettings {
+        data_dir: config.data_dir.clone(),
+        max_live: config.api.max_live_agents as usize,
+        memory_limit_bytes: config.api.memory_limit_mb * 1024 * 1024,
+        idle_timeout: Duration::from_secs(config.api.idle_session_timeout),
+        max_concurrent_turns: config.api.max_concurrent_requests as usize,
+        max_concurrent_starts: 2,
+        turn_timeout: seconds(1800),
+        silence_timeout: seconds(600),
+        prewarm: true,
+        stream_buffer: 4096,
+        extra_env: config.defaults.env.clone(),
+        mcp_servers: config.mcp_servers.clone(),
+        inherited,
+        use_cgroups: true,
     }
 }
 

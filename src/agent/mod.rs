@@ -1,11 +1,20 @@
-//! The only code that spawns and talks to the Claude Code CLI: finding or installing it (`cli`),
-//! the stream-json protocol (`protocol`), one owned process per live session (`process`), turning
-//! a turn's messages into events (`turn`), and the process tree under the service (`tree`).
+//! The only code that spawns and talks to the Claude Code CLI. It knows the CLI, nothing of
+//! sessions' lifecycles, pools or HTTP: finding or installing it (`cli`), what it is started with
+//! (`command`), the spawn seam (`launch`), a cgroup per session (`cgroup`), one owned process
+//! (`process`), the stream-json protocol (`protocol`), the permission policy (`policy`), turning
+//! a turn's messages into events (`tracker`), and the `/proc` fallback where no cgroup exists
+//! (`tree`).
 
+pub mod cgroup;
 pub mod cli;
+pub mod command;
+pub mod launch;
+pub mod policy;
 pub mod process;
 pub mod protocol;
+pub mod tracker;
 pub mod tree;
-pub mod turn;
 
-pub use process::{AgentControl, AgentError, AgentEvent, AgentProcess, ExitInfo, SpawnSpec};
+pub use command::{Inherited, SpawnSpec};
+pub use launch::{DirectLauncher, Launcher};
+pub use process::{AgentProcess, ExitInfo, Output};

@@ -163,7 +163,11 @@ pub fn parse_line(line: &str) -> Result<AgentMessage, serde_json::Error> {
         "system" if value["subtype"] == "api_retry" => AgentMessage::ApiRetry {
             attempt: value["attempt"].as_u64().unwrap_or_default(),
             max_retries: value["max_retries"].as_u64().unwrap_or_default(),
-            delay_ms: value["retry_delay_ms"].as_u64().unwrap_or_default(),
+            // The CLI sends a float number of milliseconds.
+            delay_ms: value["retry_delay_ms"]
+                .as_f64()
+                .map(|ms| ms.max(0.0).round() as u64)
+                .unwrap_or_default(),
             status: value["error_status"].as_u64(),
         },
         "result" => AgentMessage::Result(turn_result(&value)),
@@ -263,9 +267,9 @@ pub fn user_line(text: &str) -> String {
     line.to_string()
 }
 
-/// A control request of ours (`interrupt`, `end_session`, ...), as one stdin line.
-pub fn control_request_line(request_id: &str, subtype: &str) -> String {
-    json!({"type": "control_request", "request_id": request_id, "request": {"subtype": subtype}}).to_string()
+/// A control request of ours (`{"subtype": "interrupt"}`, `initialize`, ...), as one stdin line.
+pub fn control_request_line(request_id: &str, request: Value) -> String {
+    json!({"type": "control_request", "request_id": request_id, "request": request}).to_string()
 }
 
 /// A successful answer to a CLI control request.
@@ -324,6 +328,13 @@ mod tests {
             AgentMessage::Other(_)
         ));
         assert!(parse_line("[SandboxDebug] hi").is_err());
+        let retry = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"retry_delay_ms":512.7,"error_status":529}"#;
+        match parse_line(retry).unwrap() {
+            AgentMessage::ApiRetry { delay_ms, status, .. } => {
+                assert_eq!((delay_ms, status), (513, Some(529)))
+            }
+            other => panic!("{other:?}"),
+        }
         let escaped = r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a \"q\"\n\u00e9"}},"session_id":"s","parent_tool_use_id":null,"uuid":"u"}"#;
         assert_eq!(
             parse_line(escaped).unwrap(),
@@ -344,7 +355,8 @@ mod tests {
                 outcome: Err("nope".into())
             }
         );
-        let line: Value = serde_json::from_str(&control_request_line("r2", "interrupt")).unwrap();
+        let line: Value =
+            serde_json::from_str(&control_request_line("r2", json!({"subtype": "interrupt"}))).unwrap();
         assert_eq!(line["request"]["subtype"], "interrupt");
         let line: Value = serde_json::from_str(&user_line("hi \"there\"\n")).unwrap();
         assert_eq!(line["message"]["content"], "hi \"there\"\n");

@@ -1,14 +1,15 @@
-//! The process tree under this service, read from `/proc`: memory accounting, and finding every
-//! process that belongs to a session (descendants of its CLI, or carriers of its marker variable,
-//! which survives reparenting) so that none outlives the session.
+//! The process tree under this service, read from `/proc`: the best-effort fallback for hosts
+//! without usable cgroups (a session's processes are the descendants of its CLI and the carriers of
+//! its marker variable; a tool that drops the marker and detaches escapes it), the service's own
+//! memory, and reaping adopted zombies. Every function here walks `/proc` and blocks: call them
+//! from blocking threads, never on async workers.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 
 use rustix::process::{Pid, Signal};
 
-/// The environment variable set on every agent process; its value is the session id.
-pub const SESSION_MARKER: &str = "CLAUDE_AGENT_HTTP_SESSION";
+pub use super::command::SESSION_MARKER;
 
 fn page_size() -> u64 {
     rustix::param::page_size() as u64
@@ -83,6 +84,11 @@ pub fn marked(session: &str) -> Vec<u32> {
 /// marked processes adopted by init, with everything under them. A running instance is a
 /// subreaper, so its own orphans are its children, never init's.
 pub fn orphaned_agent_processes() -> HashSet<u32> {
+    // As PID 1 (a container without an init), every agent's parent is this service itself: none
+    // of them is an orphan, and a dead predecessor's processes died with the namespace.
+    if rustix::process::getpid().is_init() {
+        return HashSet::new();
+    }
     let parents = parents();
     let roots = marked_with(&format!("{SESSION_MARKER}="), |var, prefix| {
         var.starts_with(prefix)
@@ -121,6 +127,22 @@ fn marked_with(needle: &str, matches: impl Fn(&[u8], &[u8]) -> bool) -> Vec<u32>
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// Kills a session's processes the fallback way: the CLI's descendants and every process carrying
+/// the session's marker, a few rounds (new ones may appear while killing).
+pub fn kill_session_processes(session: &str, cli_pid: u32) {
+    let mut members: HashSet<u32> = descendants(cli_pid).into_iter().collect();
+    for _ in 0..10 {
+        members.extend(marked(session));
+        members.retain(|pid| *pid != cli_pid && is_alive(*pid));
+        if members.is_empty() {
+            break;
+        }
+        kill_all(&members);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reap(&members);
+    }
 }
 
 /// Sends SIGKILL to every listed process that still exists.

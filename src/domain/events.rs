@@ -52,6 +52,47 @@ pub struct TurnOutcome {
     pub stop_reason: Option<String>,
 }
 
+/// A turn's id (unique across sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TurnId(pub uuid::Uuid);
+
+impl TurnId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        TurnId(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for TurnId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for TurnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// One event in a session's stream: its sequence number (per session, gap-free, increasing; the
+/// SSE `id`), the turn it belongs to, and the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEvent {
+    /// Its place in the session's stream.
+    pub seq: u64,
+    /// The turn that produced it.
+    pub turn: TurnId,
+    /// What happened.
+    pub event: TurnEvent,
+}
+
+/// Rounds a USD amount to 10 decimal places, so sums of float prices print as people write them
+/// (`0.00035`, not `0.00034999999999999994`).
+pub fn round_usd(amount: f64) -> f64 {
+    (amount * 1e10).round() / 1e10
+}
+
 /// An event of a running turn, in the order the agent produced it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
@@ -126,6 +167,16 @@ pub enum TurnErrorCode {
     AgentUnavailable,
     /// The service is shutting down.
     ServiceShutdown,
+    /// The CLI printed nothing for `defaults.turn_silence_timeout` and was killed.
+    AgentUnresponsive,
+    /// No agent could be started: every live one is busy at `api.max_live_agents` or memory.
+    AgentCapacityReached,
+    /// The model API refused the credentials, or none are configured.
+    CredentialsMissing,
+    /// The session was deleted while the turn ran.
+    SessionDeleted,
+    /// This stream's reader fell too far behind and was dropped (the turn goes on).
+    StreamLagged,
 }
 
 impl TurnErrorCode {
@@ -140,6 +191,11 @@ impl TurnErrorCode {
             TurnErrorCode::ModelError => "model_error",
             TurnErrorCode::AgentUnavailable => "agent_unavailable",
             TurnErrorCode::ServiceShutdown => "service_shutdown",
+            TurnErrorCode::AgentUnresponsive => "agent_unresponsive",
+            TurnErrorCode::AgentCapacityReached => "agent_capacity_reached",
+            TurnErrorCode::CredentialsMissing => "credentials_missing",
+            TurnErrorCode::SessionDeleted => "session_deleted",
+            TurnErrorCode::StreamLagged => "stream_lagged",
         }
     }
 }

@@ -4,5 +4,7 @@
 pub mod events;
 pub mod session;
 
-pub use events::{ToolCall, TurnErrorCode, TurnEvent, TurnOutcome, TurnUsage};
+pub use events::{
+    SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
+};
 pub use session::{AgentOptions, SessionId, SessionRecord};

@@ -2,6 +2,7 @@
 //! calls and results, then exactly one `done` or `error`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -11,15 +12,14 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::broadcast;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::sessions::parse_id;
-use crate::domain::{TurnEvent, TurnOutcome};
+use crate::domain::{SessionEvent, TurnErrorCode, TurnEvent, TurnId, TurnOutcome};
 
 /// A message for a session's agent.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -81,25 +81,29 @@ pub async fn chat(
     let Json(request) = body?;
     let timeout = validate(&request)?;
     let id = parse_id(&request.session_id)?;
-    let mut events = state.sessions.start_turn(id, request.message, timeout).await?;
-    while let Some(event) = events.recv().await {
-        match event {
-            TurnEvent::Done(outcome) => {
-                return Ok(Json(ChatResponse {
-                    session_id: id.to_string(),
-                    outcome,
-                    timestamp: Utc::now(),
-                }));
-            }
-            TurnEvent::Error { code, message, .. } => return Err(ApiError::turn_failed(code, message)),
-            _ => {}
-        }
+    let ticket = state.sessions.start_turn(id, request.message, timeout).await?;
+    // Nobody reads the token stream of a synchronous chat.
+    drop(ticket.events);
+    let terminal = ticket.done.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the turn ended without a result",
+        )
+    })?;
+    match &terminal.event {
+        TurnEvent::Done(outcome) => Ok(Json(ChatResponse {
+            session_id: id.to_string(),
+            outcome: outcome.clone(),
+            timestamp: Utc::now(),
+        })),
+        TurnEvent::Error { code, message, .. } => Err(ApiError::turn_failed(*code, message.clone())),
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the turn ended without a result",
+        )),
     }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "the turn ended without a result",
-    ))
 }
 
 /// Send a message and stream the answer as server-sent events.
@@ -120,19 +124,107 @@ pub async fn chat_stream(
     let Json(request) = body?;
     let timeout = validate(&request)?;
     let id = parse_id(&request.session_id)?;
-    let events = state.sessions.start_turn(id, request.message, timeout).await?;
-    let stream = UnboundedReceiverStream::new(events)
-        .enumerate()
-        .map(|(index, event)| {
-            Ok::<_, Infallible>(
-                Event::default()
-                    .id((index + 1).to_string())
-                    .data(event_data(&event)),
-            )
-        });
+    let ticket = state.sessions.start_turn(id, request.message, timeout).await?;
+    let reader = TurnReader {
+        events: ticket.events,
+        turn: ticket.turn,
+        held: None,
+        lagged: None,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let event = reader.next_event().await?;
+        Some((Ok::<_, Infallible>(event), reader))
+    });
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.keepalive).text("keep-alive"));
     // Proxies must not buffer a token stream.
     Ok(([("x-accel-buffering", "no"), ("cache-control", "no-cache")], sse).into_response())
+}
+
+/// Reads one turn's events off the session's stream for one SSE response. Text deltas already
+/// waiting are merged into one SSE event (its id is the last merged event's number): the first
+/// is never held back, and a reader that fell behind catches up in few writes. A reader that falls
+/// further behind than the session's buffer is dropped with a `stream_lagged` error.
+struct TurnReader {
+    events: broadcast::Receiver<Arc<SessionEvent>>,
+    turn: TurnId,
+    held: Option<Arc<SessionEvent>>,
+    lagged: Option<u64>,
+    finished: bool,
+}
+
+impl TurnReader {
+    async fn next_event(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        if let Some(missed) = self.lagged.take() {
+            return Some(self.lag(missed));
+        }
+        let first = match self.held.take() {
+            Some(event) => event,
+            None => loop {
+                match self.events.recv().await {
+                    Ok(event) if event.turn == self.turn => break event,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => return Some(self.lag(missed)),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        };
+        let TurnEvent::TextDelta(text) = &first.event else {
+            self.finished = first.event.is_terminal();
+            return Some(
+                Event::default()
+                    .id(first.seq.to_string())
+                    .data(event_data(&first.event)),
+            );
+        };
+        let mut text = text.clone();
+        let mut seq = first.seq;
+        loop {
+            match self.events.try_recv() {
+                Ok(event) if event.turn != self.turn => continue,
+                Ok(event) => match &event.event {
+                    TurnEvent::TextDelta(more) => {
+                        text.push_str(more);
+                        seq = event.seq;
+                    }
+                    _ => {
+                        self.held = Some(event);
+                        break;
+                    }
+                },
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    self.lagged = Some(missed);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(Event::default().id(seq.to_string()).data(text_delta_data(&text)))
+    }
+
+    fn lag(&mut self, missed: u64) -> Event {
+        self.finished = true;
+        tracing::warn!(turn.id = %self.turn, events.missed = missed, "a streaming reader fell behind and was dropped");
+        Event::default().data(
+            json!({
+                "type": "error",
+                "code": TurnErrorCode::StreamLagged.as_str(),
+                "error": format!("this reader fell {missed} events behind and was dropped; the turn goes on"),
+            })
+            .to_string(),
+        )
+    }
+}
+
+fn text_delta_data(text: &str) -> String {
+    serde_json::to_string(&TextDeltaData {
+        kind: "text_delta",
+        text,
+    })
+    .expect("serializes")
 }
 
 /// The `text_delta` wire form, serialized without building a `Value` (it is most of a stream).
@@ -146,11 +238,7 @@ struct TextDeltaData<'a> {
 /// The JSON text of one event's `data:` line.
 fn event_data(event: &TurnEvent) -> String {
     match event {
-        TurnEvent::TextDelta(text) => serde_json::to_string(&TextDeltaData {
-            kind: "text_delta",
-            text,
-        })
-        .expect("serializes"),
+        TurnEvent::TextDelta(text) => text_delta_data(text),
         other => event_json(other).to_string(),
     }
 }

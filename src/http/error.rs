@@ -86,7 +86,13 @@ impl ApiError {
             TurnErrorCode::Interrupted => S::CONFLICT,
             TurnErrorCode::MaxTurns | TurnErrorCode::BudgetExceeded => S::UNPROCESSABLE_ENTITY,
             TurnErrorCode::AgentCrashed | TurnErrorCode::ModelError => S::BAD_GATEWAY,
-            TurnErrorCode::AgentUnavailable | TurnErrorCode::ServiceShutdown => S::SERVICE_UNAVAILABLE,
+            TurnErrorCode::AgentUnavailable
+            | TurnErrorCode::AgentCapacityReached
+            | TurnErrorCode::CredentialsMissing
+            | TurnErrorCode::ServiceShutdown => S::SERVICE_UNAVAILABLE,
+            TurnErrorCode::AgentUnresponsive => S::GATEWAY_TIMEOUT,
+            TurnErrorCode::SessionDeleted => S::NOT_FOUND,
+            TurnErrorCode::StreamLagged => S::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, code.as_str(), message)
     }

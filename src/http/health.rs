@@ -67,9 +67,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             (false, 0)
         }
     };
-    let memory = tokio::task::spawn_blocking(crate::agent::tree::service_memory_bytes)
-        .await
-        .unwrap_or_default();
+    let memory = state.sessions.runtime().memory_bytes().await;
     let body = HealthResponse {
         status: if healthy { "healthy" } else { "unhealthy" },
         version: env!("CARGO_PKG_VERSION"),
@@ -78,7 +76,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         storage_type: state.storage_type,
         uptime_seconds: (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        agent_cli: state.sessions.agents().cli_state().into(),
+        agent_cli: state.sessions.runtime().cli_state().into(),
     };
     let status = if healthy {
         StatusCode::OK

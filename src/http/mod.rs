@@ -39,7 +39,7 @@ pub struct AppState {
 impl AppState {
     /// How many sessions have a live agent process.
     pub fn live_agents(&self) -> u64 {
-        self.sessions.agents().live_count() as u64
+        self.sessions.runtime().live_count() as u64
     }
 }
 

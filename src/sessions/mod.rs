@@ -2,23 +2,20 @@
 //! rules that span the store and the workspaces (limits, leaving nothing behind on a rejection).
 //! It must not know about HTTP.
 
-mod agents;
 mod error;
-mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 
-use crate::config::Config;
-use crate::domain::{AgentOptions, SessionId, SessionRecord, TurnEvent};
+use crate::domain::{AgentOptions, SessionId, SessionRecord};
+use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{Limits, SessionStore, StoreError};
 use crate::workspace::Workspaces;
 
-pub use agents::{AgentPool, CliState, config_root as agents_root};
+pub use crate::runtime::CliState;
 pub use error::SessionError;
 
 /// What a client asks for when creating a session.
@@ -38,21 +35,24 @@ pub struct Sessions {
     workspaces: Workspaces,
     limits: Limits,
     defaults: AgentOptions,
-    agents: Arc<AgentPool>,
+    runtime: Arc<Runtime>,
 }
 
 impl Sessions {
-    /// Wires the service from its parts (the agent pool learns about the CLI later).
-    pub fn new(config: &Config, store: Arc<dyn SessionStore>, workspaces: Workspaces) -> Self {
+    /// Wires the service from its parts.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        workspaces: Workspaces,
+        runtime: Arc<Runtime>,
+        limits: Limits,
+        defaults: AgentOptions,
+    ) -> Self {
         Sessions {
             store,
-            agents: Arc::new(AgentPool::new(config, workspaces.clone())),
             workspaces,
-            limits: Limits {
-                max_total: config.api.max_sessions,
-                max_per_user: config.api.max_sessions_per_user,
-            },
-            defaults: AgentOptions::from_config(config),
+            limits,
+            defaults,
+            runtime,
         }
     }
 
@@ -87,6 +87,8 @@ impl Sessions {
                 return Err(e.into());
             }
         }
+        // Start its agent ahead of the first message, where there is free room.
+        self.runtime.warm(&record, false).await;
         Ok(record)
     }
 
@@ -106,28 +108,14 @@ impl Sessions {
         Ok(self.store.list(user_id).await?)
     }
 
-    /// Marks the session active again, starts its agent process if none is live, and returns it.
+    /// Marks the session active again, starts its agent process in the background if none is
+    /// live (making room if needed), and returns it.
     pub async fn resume(&self, id: SessionId) -> Result<SessionRecord, SessionError> {
         if !self.store.touch(id, Utc::now(), 0).await? {
             return Err(SessionError::NotFound(id.to_string()));
         }
         let record = self.get(id).await?;
-        let slot = self.agents.slot(&record)?;
-        // A running turn already has the process; otherwise start it now so the next message is
-        // warm. Warming is best effort: if it fails, the next message reports why.
-        if let Ok(mut guard) = slot.process.try_lock()
-            && guard.as_ref().is_none_or(|p| p.is_gone())
-        {
-            if let Some(dead) = guard.take() {
-                slot.set_live(false);
-                dead.reap_after_crash().await;
-            }
-            match self.agents.start(&slot, &record).await {
-                Ok(process) => *guard = Some(process),
-                Err(e) => tracing::warn!(session.id = %id, error = %e, "cannot warm the agent on resume"),
-            }
-        }
-        slot.touch();
+        self.runtime.warm(&record, true).await;
         Ok(record)
     }
 
@@ -138,7 +126,7 @@ impl Sessions {
             return Err(SessionError::NotFound(id.to_string()));
         }
         if let Ok(record) = record {
-            self.agents.forget(id, &record.user_id).await;
+            self.runtime.close(id, &record.user_id).await;
         }
         Ok(())
     }
@@ -147,47 +135,40 @@ impl Sessions {
     pub async fn purge_expired(&self) -> Result<usize, SessionError> {
         let purged = self.store.purge_expired().await?;
         for record in &purged {
-            self.agents.forget(record.session_id, &record.user_id).await;
+            self.runtime.close(record.session_id, &record.user_id).await;
         }
         Ok(purged.len())
     }
 
-    /// Starts a turn; its events arrive on the returned channel, the last one terminal.
-    /// Refuses (before anything starts) an unknown session or one already running a turn.
+    /// Starts a turn; its events and its terminal event arrive on the ticket. Refuses (before
+    /// anything starts) an unknown session or one already running a turn.
     pub async fn start_turn(
         &self,
         id: SessionId,
         message: String,
         timeout: Option<Duration>,
-    ) -> Result<mpsc::UnboundedReceiver<TurnEvent>, SessionError> {
+    ) -> Result<TurnTicket, SessionError> {
         let record = self.get(id).await?;
-        let slot = self.agents.slot(&record)?;
-        if !slot.try_claim() {
-            return Err(SessionError::Busy(id.to_string()));
-        }
-        let (events, receiver) = mpsc::unbounded_channel();
-        let turn = turn::Turn {
-            pool: self.agents.clone(),
-            store: self.store.clone(),
-            slot,
-            record,
-            message,
-            timeout,
-            events,
-        };
-        tokio::spawn(turn.run());
-        Ok(receiver)
+        self.runtime
+            .send(&record, message, timeout)
+            .await
+            .map_err(|refusal| match refusal {
+                SendRefusal::Busy => SessionError::Busy(id.to_string()),
+                SendRefusal::Closed if self.runtime.is_closing() => SessionError::ShuttingDown,
+                // Deleted between the read above and the turn's start.
+                SendRefusal::Closed => SessionError::NotFound(id.to_string()),
+            })
     }
 
     /// Stops the session's running turn; false if none was running.
     pub async fn interrupt(&self, id: SessionId) -> Result<bool, SessionError> {
         self.get(id).await?;
-        Ok(self.agents.interrupt(id))
+        Ok(self.runtime.interrupt(id).await)
     }
 
-    /// The live agents.
-    pub fn agents(&self) -> &Arc<AgentPool> {
-        &self.agents
+    /// The live agents of this instance.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// Whether the store answers.

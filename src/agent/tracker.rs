@@ -3,6 +3,7 @@
 
 use super::process::ExitInfo;
 use super::protocol::{AgentMessage, TurnResult};
+use crate::domain::round_usd;
 use crate::domain::{ToolCall, TurnErrorCode, TurnEvent, TurnOutcome};
 
 /// The state of one running turn.
@@ -38,6 +39,11 @@ impl TurnTracker {
     /// Whether the CLI has printed anything for this turn.
     pub fn has_seen_output(&self) -> bool {
         self.seen_output
+    }
+
+    /// Whether a tool call of this turn has not returned yet.
+    pub fn tool_running(&self) -> bool {
+        self.tool_calls.iter().any(|call| call.result.is_none())
     }
 
     /// Records that the CLI printed something for this turn that produces no event.
@@ -130,7 +136,7 @@ impl TurnTracker {
             tool_calls: self.tool_calls.clone(),
             usage: result.map(|r| r.usage.clone()).unwrap_or_default(),
             total_cost_usd: result
-                .map(|r| (r.total_cost_usd - self.cost_before).max(0.0))
+                .map(|r| round_usd((r.total_cost_usd - self.cost_before).max(0.0)))
                 .unwrap_or_default(),
             duration_ms: result.map(|r| r.duration_ms).unwrap_or_default(),
             num_turns: result.map(|r| r.num_turns).unwrap_or_default(),
@@ -143,7 +149,12 @@ impl TurnTracker {
         if !result.is_error {
             return TurnEvent::Done(outcome);
         }
+        let not_logged_in = result
+            .result
+            .as_deref()
+            .is_some_and(|text| text.contains("Not logged in") || text.contains("Invalid API key"));
         let code = match result.subtype.as_str() {
+            _ if not_logged_in => TurnErrorCode::CredentialsMissing,
             "error_max_turns" => TurnErrorCode::MaxTurns,
             "error_max_budget_usd" => TurnErrorCode::BudgetExceeded,
             _ if self.stopped_by.is_some() => self.stopped_by.expect("checked"),
@@ -153,6 +164,8 @@ impl TurnTracker {
         let message = match (&result.result, result.errors.is_empty()) {
             // We stopped it: say why in our words, not with the CLI's internal diagnostics.
             _ if Some(code) == self.stopped_by => stopped_message(code),
+            // "Please run /login" means nothing to an HTTP client: name the setting.
+            _ if code == TurnErrorCode::CredentialsMissing => "the agent has no valid model API credentials: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN with ANTHROPIC_BASE_URL) in the service's environment".to_string(),
             (Some(text), _) if !text.is_empty() => text.clone(),
             (_, false) => result.errors.join("; "),
             _ => format!("the turn ended with {}", result.subtype),
@@ -170,6 +183,10 @@ fn stopped_message(code: TurnErrorCode) -> String {
         TurnErrorCode::Interrupted => "the turn was interrupted".into(),
         TurnErrorCode::TurnTimeout => "the turn exceeded its timeout and was interrupted".into(),
         TurnErrorCode::ServiceShutdown => "the service is shutting down".into(),
+        TurnErrorCode::AgentUnresponsive => {
+            "the agent printed nothing for defaults.turn_silence_timeout seconds and was stopped".into()
+        }
+        TurnErrorCode::SessionDeleted => "the session was deleted".into(),
         other => format!("the turn was stopped ({})", other.as_str()),
     }
 }

@@ -1,0 +1,259 @@
+//! What the CLI is started with: a `SpawnSpec` (everything the session decides) becomes a program,
+//! its arguments and its whole environment. Credentials and inherited variables are inputs of
+//! the spec, captured once at startup by the caller; nothing here reads the service's own
+//! environment, so what an agent sees is exactly what the spec says.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::PermissionMode;
+use crate::domain::{AgentOptions, SessionId};
+
+/// The environment variable set on every agent process when no cgroup holds the session; its
+/// value is the session id (the best-effort way to find a session's processes without cgroups).
+pub const SESSION_MARKER: &str = "CLAUDE_AGENT_HTTP_SESSION";
+
+/// Variables of the service's environment an agent may inherit (locale and search path).
+const INHERITED: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TZ",
+];
+/// Variables that carry the model API's address and credentials.
+const CREDENTIALS: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_MODEL",
+];
+
+/// What the agents inherit from the service, read once at startup.
+#[derive(Debug, Clone, Default)]
+pub struct Inherited {
+    /// Locale and `PATH`.
+    pub env: Vec<(String, String)>,
+    /// The model API's address and credentials.
+    pub credentials: Vec<(String, String)>,
+}
+
+impl Inherited {
+    /// Reads the allow-listed variables from this process's environment (call once, at startup).
+    pub fn from_service_environment() -> Inherited {
+        let read = |names: &[&str]| {
+            names
+                .iter()
+                .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
+                .collect()
+        };
+        Inherited {
+            env: read(INHERITED),
+            credentials: read(CREDENTIALS),
+        }
+    }
+
+    /// Whether any way to reach the model is configured (a key, a token, or a gateway URL).
+    pub fn has_model_credentials(&self) -> bool {
+        self.credentials
+            .iter()
+            .any(|(k, _)| k == "ANTHROPIC_API_KEY" || k == "ANTHROPIC_AUTH_TOKEN")
+    }
+}
+
+/// Everything needed to start the CLI for one session.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// The `claude` executable.
+    pub cli: PathBuf,
+    /// The session (the CLI's `--session-id`).
+    pub session: SessionId,
+    /// Continue an existing transcript (`--resume`) instead of starting one (`--session-id`).
+    pub resume: bool,
+    /// The working directory's path (for `PWD`; the launcher enters it by descriptor).
+    pub cwd: PathBuf,
+    /// The user's own `CLAUDE_CONFIG_DIR`.
+    pub config_dir: PathBuf,
+    /// The agent's `HOME`.
+    pub home: PathBuf,
+    /// The session's agent options (flags).
+    pub options: AgentOptions,
+    /// A file holding the MCP server configuration (`--mcp-config`), so that the servers'
+    /// secrets never appear on a command line other users can read.
+    pub mcp_config: Option<PathBuf>,
+    /// Variables inherited from the service and `defaults.env`.
+    pub env: Vec<(String, String)>,
+    /// The model API's address and credentials.
+    pub credentials: Vec<(String, String)>,
+    /// Carry the session marker (only when no cgroup holds the session).
+    pub marker: bool,
+}
+
+/// A program with its arguments and complete environment.
+#[derive(Debug, Clone)]
+pub struct CommandLine {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its whole environment (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+}
+
+/// The JSON of an `--mcp-config` file for these servers.
+pub fn mcp_config_json(servers: &Map<String, Value>) -> String {
+    json!({ "mcpServers": servers }).to_string()
+}
+
+impl SpawnSpec {
+    /// The command that starts the CLI for this spec.
+    pub fn command_line(&self) -> CommandLine {
+        let mut env = self.env.clone();
+        env.extend(self.credentials.iter().cloned());
+        let mut set = |key: &str, value: String| {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value));
+        };
+        set("CLAUDE_CONFIG_DIR", self.config_dir.display().to_string());
+        set("HOME", self.home.display().to_string());
+        set("PWD", self.cwd.display().to_string());
+        set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into());
+        // After a restart the CLI must not silently re-run a turn that had side effects.
+        set("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "0".into());
+        if self.marker {
+            set(SESSION_MARKER, self.session.to_string());
+        }
+        if self.options.permission_mode == PermissionMode::BypassPermissions
+            && rustix::process::geteuid().is_root()
+        {
+            // The CLI refuses bypassPermissions as root unless told it is sandboxed.
+            set("IS_SANDBOX", "1".into());
+        }
+        CommandLine {
+            program: self.cli.clone(),
+            args: cli_args(self.session, self.resume, &self.options, self.mcp_config.as_ref()),
+            env,
+        }
+    }
+}
+
+/// The command-line arguments for a session (flags per the protocol reference, equals forms so no
+/// value can be read as a flag).
+pub fn cli_args(
+    session: SessionId,
+    resume: bool,
+    options: &AgentOptions,
+    mcp_config: Option<&PathBuf>,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--output-format",
+        "stream-json",
+        "--input-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+        "--permission-prompt-tool",
+        "stdio",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!("--permission-mode={}", options.permission_mode.as_str()));
+    args.push(if resume {
+        format!("--resume={session}")
+    } else {
+        format!("--session-id={session}")
+    });
+    if let Some(prompt) = &options.system_prompt {
+        args.push(format!("--system-prompt={prompt}"));
+    }
+    if let Some(prompt) = &options.append_system_prompt {
+        args.push(format!("--append-system-prompt={prompt}"));
+    }
+    if !options.allowed_tools.is_empty() {
+        args.push(format!("--allowedTools={}", options.allowed_tools.join(",")));
+    }
+    if let Some(model) = &options.model {
+        args.push(format!("--model={model}"));
+    }
+    if let Some(turns) = options.max_turns {
+        args.push(format!("--max-turns={turns}"));
+    }
+    if let Some(budget) = options.max_budget_usd {
+        args.push(format!("--max-budget-usd={budget}"));
+    }
+    if let Some(sources) = &options.setting_sources {
+        args.push(format!("--setting-sources={}", sources.join(",")));
+    }
+    if let Some(path) = mcp_config {
+        args.push(format!("--mcp-config={}", path.display()));
+    }
+    for plugin in &options.plugins {
+        args.push(format!("--plugin-dir={}", plugin.path().display()));
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(options: AgentOptions) -> SpawnSpec {
+        SpawnSpec {
+            cli: "/bin/claude".into(),
+            session: SessionId::new(),
+            resume: false,
+            cwd: "/w".into(),
+            config_dir: "/c".into(),
+            home: "/h".into(),
+            options,
+            mcp_config: Some("/c/mcp.json".into()),
+            env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+            credentials: vec![("ANTHROPIC_API_KEY".into(), "k".into())],
+            marker: false,
+        }
+    }
+
+    #[test]
+    fn args_carry_the_session_options_in_equals_form() {
+        let mut options = AgentOptions::from_config(&crate::config::Config::default());
+        options.system_prompt = Some("--evil".into());
+        options.max_turns = Some(3);
+        let spec = spec(options);
+        let command = spec.command_line();
+        let id = spec.session;
+        assert!(command.args.contains(&format!("--session-id={id}")));
+        assert!(command.args.contains(&"--system-prompt=--evil".to_string()));
+        assert!(command.args.contains(&"--max-turns=3".to_string()));
+        assert!(command.args.contains(&"--mcp-config=/c/mcp.json".to_string()));
+        let resumed = cli_args(id, true, &spec.options, None);
+        assert!(resumed.contains(&format!("--resume={id}")));
+        assert!(!resumed.iter().any(|a| a.starts_with("--session-id")));
+    }
+
+    #[test]
+    fn the_environment_is_exactly_the_spec() {
+        let command = spec(AgentOptions::from_config(&crate::config::Config::default())).command_line();
+        let get = |key: &str| {
+            command
+                .env
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            get("HOME"),
+            vec!["/h"],
+            "the spec's HOME replaces an inherited one"
+        );
+        assert_eq!(get("ANTHROPIC_API_KEY"), vec!["k"]);
+        assert_eq!(get("CLAUDE_CODE_RESUME_INTERRUPTED_TURN"), vec!["0"]);
+        assert!(get(SESSION_MARKER).is_empty());
+    }
+}

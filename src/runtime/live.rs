@@ -1,0 +1,836 @@
+//! The live session: one task (actor) per session that owns its CLI process and its turn state,
+//! takes commands on a bounded queue, and ends in a terminal closed state after which nothing can
+//! start a process for it. Every decision about one session's process is made here, in order:
+//! start (admitted by the runtime), hand a message over, answer the CLI's requests, stop a turn
+//! (interrupt, deadline, silence), retire an idle process, and kill everything on delete.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::stream::SessionStream;
+use super::{Admission, CliState, LiveStatus, Shared};
+use crate::agent::command::mcp_config_json;
+use crate::agent::policy::Policy;
+use crate::agent::process::{has_transcript, session_files};
+use crate::agent::protocol::{self, AgentMessage};
+use crate::agent::tracker::TurnTracker;
+use crate::agent::{AgentProcess, ExitInfo, Output, SpawnSpec};
+use crate::domain::{SessionEvent, SessionId, SessionRecord, TurnErrorCode, TurnEvent, TurnId};
+
+/// How long an interrupted CLI gets to end its turn before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long a stopping agent gets to flush its transcript and exit before SIGTERM.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Attempts at a turn whose CLI died before printing anything for it.
+const MAX_SILENT_ATTEMPTS: u32 = 2;
+
+/// What a caller may ask of a live session.
+pub(super) enum Command {
+    /// Start a turn; refused if one runs.
+    Send {
+        message: String,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<TurnTicket, SendRefusal>>,
+    },
+    /// Stop the running turn; answers whether one was running.
+    Interrupt { reply: oneshot::Sender<bool> },
+    /// Start the CLI ahead of need (evicting idle agents for room only if `evict`).
+    Warm { evict: bool },
+    /// Stop the CLI if no turn runs (to make room); answers whether it stopped one.
+    Evict { reply: oneshot::Sender<bool> },
+    /// End the session for good.
+    Close { why: Close, reply: oneshot::Sender<()> },
+}
+
+/// Why a live session closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Close {
+    /// Deleted or expired: kill everything at once, remove what the CLI kept.
+    Deleted,
+    /// The service stops: let a running turn end, stop the CLI gracefully.
+    Shutdown,
+}
+
+/// Why a message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// A turn is running.
+    Busy,
+    /// The session is closed (deleted, or the service is stopping).
+    Closed,
+}
+
+/// A started turn: its id, a reader of its events, and its terminal event.
+pub struct TurnTicket {
+    /// The turn.
+    pub turn: TurnId,
+    /// Every event of the session from the turn's start (bounded: a slow reader lags).
+    pub events: broadcast::Receiver<Arc<SessionEvent>>,
+    /// The turn's terminal event, always delivered.
+    pub done: oneshot::Receiver<Arc<SessionEvent>>,
+}
+
+/// Messages from the actor's own helper tasks.
+enum Internal {
+    /// A turn slot (`api.max_concurrent_requests`) for this turn.
+    TurnPermit(TurnId, OwnedSemaphorePermit),
+    /// The runtime's answer to a start request.
+    Admitted(Admission),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a turn slot.
+    Queued,
+    /// Waiting for the CLI to start.
+    Starting,
+    /// The message is with the CLI.
+    Running,
+}
+
+struct Turn {
+    id: TurnId,
+    message: String,
+    phase: Phase,
+    tracker: TurnTracker,
+    permit: Option<OwnedSemaphorePermit>,
+    deadline: Option<Instant>,
+    last_output: Instant,
+    kill_at: Option<Instant>,
+    attempts: u32,
+    done: Option<oneshot::Sender<Arc<SessionEvent>>>,
+}
+
+/// The actor's state. Only its own task touches it.
+pub(super) struct LiveSession {
+    record: SessionRecord,
+    shared: Arc<Shared>,
+    status: Arc<LiveStatus>,
+    policy: Policy,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    process: Option<AgentProcess>,
+    /// An admission request is in flight.
+    starting: bool,
+    /// The start slot, held until the CLI has answered `initialize` (starting is what is costly).
+    start_permit: Option<OwnedSemaphorePermit>,
+    init_request: Option<String>,
+    /// The CLI's running cost total as of its last result (to report each turn's own share).
+    cost_total: f64,
+    turn: Option<Turn>,
+    stream: SessionStream,
+    last_used: Instant,
+    /// The session no longer exists in the store: close at the next step.
+    doomed: bool,
+    closed: bool,
+}
+
+impl LiveSession {
+    /// Runs the actor until the session closes or every handle is gone.
+    pub(super) async fn run(
+        record: SessionRecord,
+        shared: Arc<Shared>,
+        status: Arc<LiveStatus>,
+        mut inbox: mpsc::Receiver<Command>,
+    ) {
+        let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+        let stream = SessionStream::new(
+            record.session_id,
+            shared.event_log.clone(),
+            shared.settings.stream_buffer,
+        );
+        let mut live = LiveSession {
+            policy: Policy::new(&record.options),
+            record,
+            shared,
+            status,
+            internal_tx,
+            process: None,
+            starting: false,
+            start_permit: None,
+            init_request: None,
+            cost_total: 0.0,
+            turn: None,
+            stream,
+            last_used: Instant::now(),
+            doomed: false,
+            closed: false,
+        };
+        while !live.closed {
+            let wake = live.next_wake();
+            tokio::select! {
+                biased;
+                Some(message) = internal_rx.recv() => live.on_internal(message).await,
+                output = next_output(&mut live.process) => live.on_output(output).await,
+                command = inbox.recv() => match command {
+                    Some(command) => live.on_command(command).await,
+                    None => break,
+                },
+                () = sleep_until(wake) => live.on_timer().await,
+            }
+            if live.doomed {
+                live.close(Close::Deleted).await;
+            }
+        }
+        live.status.live.store(false, Ordering::Release);
+        live.status.busy.store(false, Ordering::Release);
+        live.shared.forget(live.record.session_id, &live.status);
+    }
+
+    fn id(&self) -> SessionId {
+        self.record.session_id
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                message,
+                timeout,
+                reply,
+            } => {
+                let result = self.begin_turn(message, timeout);
+                let _ = reply.send(result);
+            }
+            Command::Interrupt { reply } => {
+                let _ = reply.send(self.stop_turn(TurnErrorCode::Interrupted).await);
+            }
+            Command::Warm { evict } => {
+                if self.process.is_none() && !self.starting {
+                    self.begin_start(evict);
+                }
+            }
+            Command::Evict { reply } => {
+                let stopped = self.turn.is_none() && self.process.is_some();
+                if stopped {
+                    self.stop_process("making room").await;
+                }
+                let _ = reply.send(stopped);
+            }
+            Command::Close { why, reply } => {
+                self.close(why).await;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn begin_turn(&mut self, message: String, timeout: Option<Duration>) -> Result<TurnTicket, SendRefusal> {
+        if self.closed {
+            return Err(SendRefusal::Closed);
+        }
+        if self.turn.is_some() {
+            return Err(SendRefusal::Busy);
+        }
+        let id = TurnId::new();
+        let now = Instant::now();
+        // The client's timeout and the server's deadline, whichever comes first.
+        let deadline = [timeout, self.shared.settings.turn_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|limit| now + limit);
+        let (done_tx, done_rx) = oneshot::channel();
+        self.turn = Some(Turn {
+            id,
+            message,
+            phase: Phase::Queued,
+            tracker: TurnTracker::new(self.cost_total),
+            permit: None,
+            deadline,
+            last_output: now,
+            kill_at: None,
+            attempts: 0,
+            done: Some(done_tx),
+        });
+        self.status.busy.store(true, Ordering::Release);
+        let ticket = TurnTicket {
+            turn: id,
+            events: self.stream.subscribe(),
+            done: done_rx,
+        };
+        let turns = self.shared.turns.clone();
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(permit) = turns.acquire_owned().await {
+                let _ = internal.send(Internal::TurnPermit(id, permit));
+            }
+        });
+        Ok(ticket)
+    }
+
+    async fn on_internal(&mut self, message: Internal) {
+        match message {
+            Internal::TurnPermit(id, permit) => {
+                let Some(turn) = self
+                    .turn
+                    .as_mut()
+                    .filter(|t| t.id == id && t.phase == Phase::Queued)
+                else {
+                    return;
+                };
+                turn.permit = Some(permit);
+                turn.phase = Phase::Starting;
+                self.hand_over().await;
+            }
+            Internal::Admitted(admission) => {
+                self.starting = false;
+                self.on_admitted(admission).await;
+            }
+        }
+    }
+
+    /// Gives the waiting turn's message to the CLI, starting one first if there is none.
+    async fn hand_over(&mut self) {
+        if self.turn.as_ref().is_none_or(|t| t.phase != Phase::Starting) {
+            return;
+        }
+        let Some(process) = self.process.as_ref() else {
+            if !self.starting {
+                self.begin_start(true);
+            }
+            return;
+        };
+        let turn = self.turn.as_mut().expect("checked");
+        turn.attempts += 1;
+        turn.phase = Phase::Running;
+        turn.last_output = Instant::now();
+        // Tenant text is never expanded (`@path`) or run as a slash command by newer CLIs.
+        if !process.write_line(&protocol::user_line(&turn.message)) {
+            // stdin is closed: the process is on its way out; its exit ends or retries the turn.
+            tracing::debug!(session.id = %self.record.session_id, "agent stdin closed before the message");
+        }
+    }
+
+    /// Asks the runtime for room to start the CLI (in a task: admission may wait for a start slot
+    /// or for another session to stop).
+    fn begin_start(&mut self, evict: bool) {
+        if self.closed || self.shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        self.starting = true;
+        let shared = self.shared.clone();
+        let status = self.status.clone();
+        let internal = self.internal_tx.clone();
+        let id = self.id();
+        tokio::spawn(async move {
+            let admission = shared.admit(id, &status, evict).await;
+            let _ = internal.send(Internal::Admitted(admission));
+        });
+    }
+
+    async fn on_admitted(&mut self, admission: Admission) {
+        let permit = match admission {
+            Admission::Granted(permit) => permit,
+            Admission::NoCapacity(why) => {
+                self.fail_waiting_turn(TurnErrorCode::AgentCapacityReached, why)
+                    .await;
+                return;
+            }
+            Admission::Closing => {
+                self.fail_waiting_turn(
+                    TurnErrorCode::ServiceShutdown,
+                    "the service is shutting down".into(),
+                )
+                .await;
+                return;
+            }
+        };
+        // The runtime reserved a live slot for us; from here every exit path releases it.
+        match self.spawn_process().await {
+            Ok(process) => {
+                tracing::info!(session.id = %self.id(), agent.pid = process.pid(), "agent started");
+                self.process = Some(process);
+                self.start_permit = Some(permit);
+                self.init_request = self
+                    .process
+                    .as_mut()
+                    .map(|p| p.request(json!({"subtype": "initialize", "hooks": null})));
+                self.last_used = Instant::now();
+                self.hand_over().await;
+            }
+            Err(failure) => {
+                self.status.live.store(false, Ordering::Release);
+                drop(permit);
+                match failure {
+                    StartFailure::Gone => self.doomed = true,
+                    StartFailure::Unavailable(why) => {
+                        tracing::error!(session.id = %self.id(), error = %why, "cannot start the agent");
+                        self.fail_waiting_turn(TurnErrorCode::AgentUnavailable, why).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn spawn_process(&mut self) -> Result<AgentProcess, StartFailure> {
+        // A session deleted while its start was queued must never get a process.
+        match self.shared.store.get(self.id()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(StartFailure::Gone),
+            Err(e) => {
+                tracing::error!(session.id = %self.id(), error = %e, "cannot check the session before starting its agent");
+                return Err(StartFailure::Unavailable(
+                    "the session store is unavailable".into(),
+                ));
+            }
+        }
+        let cli = match self.shared.cli_state() {
+            CliState::Ready { path, .. } => path,
+            CliState::Installing => {
+                return Err(StartFailure::Unavailable(format!(
+                    "the Claude Code CLI {} is being installed; try again shortly",
+                    crate::agent::cli::TESTED_CLI_VERSION
+                )));
+            }
+            CliState::Looking => {
+                return Err(StartFailure::Unavailable(
+                    "the Claude Code CLI is being looked for".into(),
+                ));
+            }
+            CliState::Missing(why) => return Err(StartFailure::Unavailable(why)),
+        };
+        let shared = self.shared.clone();
+        let record = self.record.clone();
+        // Directory checks, the MCP file and the cgroup are file system work: off the workers.
+        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli))
+            .await
+            .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
+        let (spec, cwd_dir, cgroup) = prepared.map_err(StartFailure::Unavailable)?;
+        if spec.resume {
+            tracing::debug!(session.id = %self.id(), "resuming the agent's transcript");
+        }
+        // Spawned from this task (a worker thread), never from a blocking thread: see launch.rs.
+        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup)
+            .map_err(|e| StartFailure::Unavailable(e.to_string()))
+    }
+
+    async fn on_output(&mut self, output: Option<Output>) {
+        match output {
+            Some(Output::Message(message)) => {
+                // Anything printed shows the CLI is up: the start slot can go to the next one.
+                if self.start_permit.is_some() && self.init_request.is_none() {
+                    self.start_permit = None;
+                }
+                self.on_message(message).await;
+            }
+            Some(Output::Exited(exit)) => self.on_exit(exit).await,
+            None => self.on_exit(ExitInfo::UNKNOWN).await,
+        }
+    }
+
+    async fn on_message(&mut self, message: AgentMessage) {
+        match message {
+            AgentMessage::ControlRequest { request_id, request } => {
+                let answer = self.policy.answer_line(&request_id, &request);
+                if let Some(process) = &self.process {
+                    process.write_line(&answer);
+                }
+            }
+            AgentMessage::ControlResponse { request_id, outcome } => {
+                if self.init_request.as_deref() == Some(request_id.as_str()) {
+                    self.init_request = None;
+                    self.start_permit = None;
+                    if let Err(e) = outcome {
+                        tracing::warn!(session.id = %self.id(), error = %e, "the agent refused initialize");
+                    }
+                }
+            }
+            message => {
+                let Some(turn) = self.turn.as_mut().filter(|t| t.phase == Phase::Running) else {
+                    // Between turns nothing is expected; nothing of one turn reaches the next.
+                    return;
+                };
+                turn.last_output = Instant::now();
+                if let AgentMessage::Result(result) = &message {
+                    self.cost_total = result.total_cost_usd;
+                }
+                if let AgentMessage::Other(_) = message {
+                    turn.tracker.note_output();
+                    return;
+                }
+                if let AgentMessage::ApiRetry {
+                    attempt,
+                    max_retries,
+                    delay_ms,
+                    status,
+                } = &message
+                {
+                    tracing::warn!(session.id = %self.record.session_id, retry.attempt = attempt, retry.max = max_retries,
+                        retry.delay_ms = delay_ms, retry.status = ?status, "the model API failed; the agent retries");
+                }
+                let id = turn.id;
+                for event in turn.tracker.on_message(message) {
+                    if event.is_terminal() {
+                        self.finish_turn(event).await;
+                        return;
+                    }
+                    self.stream.publish(id, event);
+                }
+            }
+        }
+    }
+
+    async fn on_exit(&mut self, exit: ExitInfo) {
+        let Some(process) = self.process.take() else {
+            return;
+        };
+        let stderr = process.stderr_tail();
+        // Dropping it kills whatever its tools left running.
+        drop(process);
+        self.status.live.store(false, Ordering::Release);
+        self.start_permit = None;
+        self.init_request = None;
+        let Some(turn) = self.turn.as_mut() else {
+            tracing::warn!(session.id = %self.record.session_id, agent.exit = %exit, agent.stderr = %stderr, "agent exited while idle");
+            return;
+        };
+        if turn.phase != Phase::Running {
+            // It died before it had the message; a new one will be started for it.
+            if turn.phase == Phase::Starting && !self.starting {
+                self.begin_start(true);
+            }
+            return;
+        }
+        let stopped = turn.tracker.stop_reason().is_some();
+        let silent = !stopped && !turn.tracker.has_seen_output();
+        // A CLI that dies without printing anything for this turn never began it (killed or
+        // crashed while idle, or as the message was written): hand the message to a new one.
+        if silent && turn.attempts < MAX_SILENT_ATTEMPTS {
+            tracing::warn!(session.id = %self.record.session_id, agent.exit = %exit, agent.stderr = %stderr, "agent died before the turn began; retrying on a fresh process");
+            turn.phase = Phase::Starting;
+            self.begin_start(true);
+            return;
+        }
+        if !stopped {
+            tracing::error!(session.id = %self.record.session_id, agent.exit = %exit, agent.stderr = %stderr, "agent died mid-turn");
+        }
+        let terminal = turn.tracker.on_exit(exit);
+        self.finish_turn(terminal).await;
+    }
+
+    /// Records the turn, then publishes its terminal event (so a client that sees `done` also
+    /// sees the new message count) and frees the session for the next message.
+    async fn finish_turn(&mut self, terminal: TurnEvent) {
+        let Some(mut turn) = self.turn.take() else {
+            return;
+        };
+        let id = self.id();
+        let completed = matches!(terminal, TurnEvent::Done(_));
+        let mut gone = false;
+        if turn.tracker.stop_reason() != Some(TurnErrorCode::SessionDeleted) {
+            match self
+                .shared
+                .store
+                .touch(id, Utc::now(), u64::from(completed))
+                .await
+            {
+                Ok(true) => {}
+                // Deleted or expired while the turn ran: nothing of it may stay behind.
+                Ok(false) => gone = true,
+                Err(e) => tracing::error!(session.id = %id, error = %e, "cannot record the turn"),
+            }
+        }
+        if let TurnEvent::Error { code, message, .. } = &terminal {
+            tracing::warn!(session.id = %id, turn.id = %turn.id, error.code = code.as_str(), error.message = %message, "turn failed");
+        }
+        let event = self.stream.publish(turn.id, terminal);
+        if let Some(done) = turn.done.take() {
+            let _ = done.send(event);
+        }
+        drop(turn);
+        self.last_used = Instant::now();
+        self.status.touch();
+        self.status.busy.store(false, Ordering::Release);
+        if gone {
+            // Closed by the main loop (closing from here would recurse through the turn's end).
+            self.doomed = true;
+        }
+    }
+
+    /// Ends a turn that has not reached the CLI yet.
+    async fn fail_waiting_turn(&mut self, code: TurnErrorCode, message: String) {
+        if self.turn.as_ref().is_some_and(|t| t.phase != Phase::Running) {
+            self.finish_turn(TurnEvent::Error {
+                code,
+                message,
+                partial: Default::default(),
+            })
+            .await;
+        }
+    }
+
+    /// Stops the running turn for `code`: at once if the CLI does not have it yet, else by an
+    /// interrupt, with a kill if the CLI does not end the turn within the grace.
+    async fn stop_turn(&mut self, code: TurnErrorCode) -> bool {
+        let Some(turn) = self.turn.as_mut() else {
+            return false;
+        };
+        turn.tracker.stopped_by(code);
+        if turn.phase != Phase::Running {
+            let message = match code {
+                TurnErrorCode::TurnTimeout => "timed out before the agent could take the message".to_string(),
+                _ => "stopped before it started".to_string(),
+            };
+            self.finish_turn(TurnEvent::Error {
+                code,
+                message,
+                partial: Default::default(),
+            })
+            .await;
+            return true;
+        }
+        if turn.kill_at.is_none() {
+            turn.kill_at = Some(Instant::now() + INTERRUPT_GRACE);
+            if let Some(process) = self.process.as_mut() {
+                process.request(json!({"subtype": "interrupt"}));
+            }
+        }
+        true
+    }
+
+    /// Kills the CLI and everything it started now; the running turn ends with its stop reason.
+    async fn kill_process(&mut self) {
+        if let Some(process) = self.process.take() {
+            tracing::warn!(session.id = %self.id(), agent.pid = process.pid(), "killing the agent");
+            drop(process);
+        }
+        self.status.live.store(false, Ordering::Release);
+        self.start_permit = None;
+        self.init_request = None;
+        if let Some(turn) = self.turn.as_mut()
+            && turn.phase == Phase::Running
+        {
+            let terminal = turn.tracker.on_exit(ExitInfo {
+                code: None,
+                signal: Some(9),
+            });
+            self.finish_turn(terminal).await;
+        }
+    }
+
+    /// Stops an idle CLI gracefully (it flushes its transcript; the next turn resumes it).
+    async fn stop_process(&mut self, why: &'static str) {
+        if let Some(process) = self.process.take() {
+            tracing::info!(session.id = %self.id(), agent.pid = process.pid(), reason = why, "stopping agent");
+            process.stop(STOP_GRACE).await;
+        }
+        self.status.live.store(false, Ordering::Release);
+        self.start_permit = None;
+        self.init_request = None;
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let settings = &self.shared.settings;
+        match &self.turn {
+            Some(turn) => {
+                let silence = match (settings.silence_timeout, turn.phase) {
+                    // A running tool may legitimately print nothing for long (a build, tests):
+                    // the turn deadline bounds it instead.
+                    (Some(limit), Phase::Running) if !turn.tracker.tool_running() => {
+                        Some(turn.last_output + limit)
+                    }
+                    _ => None,
+                };
+                let deadline = turn.deadline.filter(|_| turn.kill_at.is_none());
+                [deadline, silence.filter(|_| turn.kill_at.is_none()), turn.kill_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+            None if self.process.is_some() => Some(self.last_used + settings.idle_timeout),
+            None => None,
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        let settings = &self.shared.settings;
+        let Some(turn) = self.turn.as_mut() else {
+            if self.process.is_some() && now >= self.last_used + settings.idle_timeout {
+                self.stop_process("idle").await;
+            }
+            return;
+        };
+        if turn.kill_at.is_some_and(|at| now >= at) {
+            tracing::warn!(session.id = %self.record.session_id, "agent ignored the interrupt");
+            self.kill_process().await;
+            return;
+        }
+        if turn.kill_at.is_none() && turn.deadline.is_some_and(|at| now >= at) {
+            self.stop_turn(TurnErrorCode::TurnTimeout).await;
+            return;
+        }
+        if let Some(limit) = settings.silence_timeout
+            && turn.kill_at.is_none()
+            && turn.phase == Phase::Running
+            && !turn.tracker.tool_running()
+            && now >= turn.last_output + limit
+        {
+            tracing::warn!(session.id = %self.record.session_id, silent_for = ?limit, "the agent printed nothing for too long");
+            turn.tracker.stopped_by(TurnErrorCode::AgentUnresponsive);
+            self.kill_process().await;
+        }
+    }
+
+    /// Closes the session: no process can be started for it afterwards.
+    async fn close(&mut self, why: Close) {
+        if self.closed {
+            return;
+        }
+        match why {
+            Close::Deleted => {
+                if let Some(turn) = self.turn.as_mut() {
+                    turn.tracker.stopped_by(TurnErrorCode::SessionDeleted);
+                }
+                self.kill_process().await;
+                // A turn that never reached the CLI ends too.
+                self.fail_waiting_turn(TurnErrorCode::SessionDeleted, "the session was deleted".into())
+                    .await;
+                let config_dir = self.shared.config_dir(&self.record.user_id);
+                let id = self.id();
+                let removed =
+                    tokio::task::spawn_blocking(move || remove_session_files(&config_dir, id)).await;
+                if let Err(e) = removed {
+                    tracing::warn!(session.id = %id, error = %e, "cannot remove the session's files");
+                }
+            }
+            Close::Shutdown => {
+                if self.turn.is_some() {
+                    self.stop_turn(TurnErrorCode::ServiceShutdown).await;
+                    self.drain_turn(Instant::now() + INTERRUPT_GRACE).await;
+                    if self.turn.is_some() {
+                        self.kill_process().await;
+                    }
+                }
+                self.stop_process("shutdown").await;
+            }
+        }
+        self.closed = true;
+    }
+
+    /// Lets the running turn end on its own until `until`.
+    async fn drain_turn(&mut self, until: Instant) {
+        while self.turn.is_some() && self.process.is_some() {
+            tokio::select! {
+                output = next_output(&mut self.process) => self.on_output(output).await,
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
+    }
+}
+
+enum StartFailure {
+    /// The session no longer exists.
+    Gone,
+    /// The CLI cannot be started, and why (for the client).
+    Unavailable(String),
+}
+
+/// The spec, working directory and cgroup for starting a session's CLI (blocking file work).
+pub(super) fn prepare(
+    shared: &Shared,
+    record: &SessionRecord,
+    cli: std::path::PathBuf,
+) -> Result<
+    (
+        SpawnSpec,
+        std::os::fd::OwnedFd,
+        Option<crate::agent::cgroup::SessionCgroup>,
+    ),
+    String,
+> {
+    let settings = &shared.settings;
+    let config_dir = shared.config_dir(&record.user_id);
+    super::create_private_dir(&config_dir).map_err(|e| {
+        tracing::error!(path = %config_dir.display(), error = %e, "cannot create the agent's config dir");
+        "cannot prepare the agent's state directory".to_string()
+    })?;
+    let cwd_dir = shared
+        .workspaces
+        .open(&record.user_id, record.subdir.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mcp_config = if settings.mcp_servers.is_empty() {
+        None
+    } else {
+        let path = config_dir.join("mcp-servers.json");
+        write_private(&path, mcp_config_json(&settings.mcp_servers).as_bytes()).map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the MCP configuration");
+            "cannot prepare the agent's MCP configuration".to_string()
+        })?;
+        Some(path)
+    };
+    let cgroup = match &shared.cgroups {
+        Some(root) => match root.session(&record.session_id.to_string()) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                tracing::warn!(session.id = %record.session_id, error = %e, "no cgroup for this session; falling back to the process marker");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut env = settings.inherited.env.clone();
+    env.extend(settings.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let spec = SpawnSpec {
+        cli,
+        session: record.session_id,
+        resume: has_transcript(&config_dir, record.session_id),
+        cwd: record.cwd.clone(),
+        home: shared.workspaces.path_of(&record.user_id, None),
+        config_dir,
+        options: record.options.clone(),
+        mcp_config,
+        env,
+        credentials: settings.inherited.credentials.clone(),
+        marker: cgroup.is_none(),
+    };
+    Ok((spec, cwd_dir, cgroup))
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// Removes what the CLI kept about a session: its transcript and side files under the user's
+/// config dir, and its scratch output under the temp dir (`/tmp/claude-<uid>/…<session>…`).
+fn remove_session_files(config_dir: &std::path::Path, session: SessionId) {
+    let mut paths = session_files(config_dir, session);
+    let scratch = std::env::temp_dir().join(format!("claude-{}", rustix::process::getuid().as_raw()));
+    paths.extend(session_files(&scratch, session));
+    for path in paths {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!(session.id = %session, path = %path.display(), error = %e, "cannot remove session file");
+        }
+    }
+}
+
+async fn next_output(process: &mut Option<AgentProcess>) -> Option<Output> {
+    match process {
+        Some(process) => process.next_output().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

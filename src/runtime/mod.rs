@@ -1,0 +1,558 @@
+//! The live sessions of this service instance: a registry of one actor per session (`live`), the
+//! admission of new CLI processes (the live cap, the memory limit, a FIFO queue of starts, and
+//! evicting the least recently used idle agent to make room), the memory watch, and shutdown.
+//! Each session's process and turn state belong to its actor alone; the registry only holds the
+//! handles and a status each actor publishes about itself (live, busy, last use) for admission
+//! and `/health`. It must not know HTTP.
+
+mod live;
+pub mod stream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use live::{Close, Command, LiveSession};
+pub use live::{SendRefusal, TurnTicket};
+pub use stream::{EventLog, NoEventLog};
+
+use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
+use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
+use crate::domain::{SessionId, SessionRecord};
+use crate::store::SessionStore;
+use crate::workspace::Workspaces;
+
+/// Commands a live session may have waiting; a caller beyond this waits its turn.
+const INBOX: usize = 32;
+/// How often the memory limit and adopted zombies are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// Every how many watches the fallback orphan sweep runs (only without cgroups).
+const ORPHAN_SWEEP_WATCHES: u64 = 3;
+
+/// What the runtime needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Where per-user CLI state lives (`<data_dir>/agents/<user>`), and the instance's identity.
+    pub data_dir: PathBuf,
+    /// CLI processes alive at once (`api.max_live_agents`).
+    pub max_live: usize,
+    /// Memory of the service and its agents before idle agents are stopped (0 = no limit).
+    pub memory_limit_bytes: u64,
+    /// An idle CLI is stopped after this long.
+    pub idle_timeout: Duration,
+    /// Turns running at once (`api.max_concurrent_requests`).
+    pub max_concurrent_turns: usize,
+    /// CLI processes starting at once (FIFO).
+    pub max_concurrent_starts: usize,
+    /// The server-side bound of every turn.
+    pub turn_timeout: Option<Duration>,
+    /// A turn whose CLI prints nothing for this long (outside a tool run) is stopped.
+    pub silence_timeout: Option<Duration>,
+    /// Start a session's CLI when it is created or resumed.
+    pub prewarm: bool,
+    /// Events buffered per session for streaming readers.
+    pub stream_buffer: usize,
+    /// `defaults.env`.
+    pub extra_env: BTreeMap<String, String>,
+    /// The MCP servers every agent gets (with their secrets; never stored).
+    pub mcp_servers: Map<String, Value>,
+    /// What agents inherit from the service's environment.
+    pub inherited: Inherited,
+    /// Use a cgroup per session where the host allows it.
+    pub use_cgroups: bool,
+}
+
+/// Where the runtime stands with the Claude Code CLI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CliState {
+    /// Not looked for yet.
+    Looking,
+    /// Being installed with npm.
+    Installing,
+    /// Found.
+    Ready {
+        /// The executable.
+        path: PathBuf,
+        /// Its version, once it has answered `--version`.
+        version: Option<String>,
+    },
+    /// None, and why.
+    Missing(String),
+}
+
+impl CliState {
+    /// A one-word status for `/health`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            CliState::Looking => "looking",
+            CliState::Installing => "installing",
+            CliState::Ready { .. } => "ready",
+            CliState::Missing(_) => "missing",
+        }
+    }
+}
+
+/// What a session's actor publishes about itself (it is the only writer).
+#[derive(Debug, Default)]
+pub(crate) struct LiveStatus {
+    /// A CLI process is running or starting (a live slot is taken).
+    live: AtomicBool,
+    /// A turn is running or waiting.
+    busy: AtomicBool,
+    /// Milliseconds since the runtime started, at the last use.
+    last_used_ms: AtomicU64,
+    epoch: Option<Instant>,
+}
+
+impl LiveStatus {
+    fn new(epoch: Instant) -> Self {
+        let status = LiveStatus {
+            epoch: Some(epoch),
+            ..Default::default()
+        };
+        status.touch();
+        status
+    }
+
+    fn touch(&self) {
+        let ms = self
+            .epoch
+            .map(|e| e.elapsed().as_millis() as u64)
+            .unwrap_or_default();
+        self.last_used_ms.store(ms, Ordering::Release);
+    }
+}
+
+/// The answer to a request to start a CLI.
+pub(crate) enum Admission {
+    /// Room was made; the permit is a start slot, held until the CLI is up.
+    Granted(OwnedSemaphorePermit),
+    /// No room, and why.
+    NoCapacity(String),
+    /// The service is stopping.
+    Closing,
+}
+
+struct Entry {
+    commands: mpsc::Sender<Command>,
+    status: Arc<LiveStatus>,
+}
+
+/// What every actor shares: settings, the spawn seam, the store, and the admission state.
+pub(crate) struct Shared {
+    settings: RuntimeSettings,
+    launcher: Arc<dyn Launcher>,
+    store: Arc<dyn SessionStore>,
+    workspaces: Workspaces,
+    event_log: Arc<dyn EventLog>,
+    cgroups: Option<CgroupRoot>,
+    cli: RwLock<CliState>,
+    registry: Mutex<HashMap<SessionId, Entry>>,
+    turns: Arc<Semaphore>,
+    starts: Arc<Semaphore>,
+    closing: AtomicBool,
+    epoch: Instant,
+}
+
+/// The live sessions of this instance.
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    /// A runtime with no live session yet. Opens this instance's cgroups (killing what a dead
+    /// predecessor on the same data left in them).
+    pub fn new(
+        settings: RuntimeSettings,
+        store: Arc<dyn SessionStore>,
+        workspaces: Workspaces,
+        launcher: Arc<dyn Launcher>,
+        event_log: Arc<dyn EventLog>,
+    ) -> Runtime {
+        let cgroups = if settings.use_cgroups {
+            match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
+                Ok(root) => {
+                    let leftovers = root.kill_leftovers();
+                    if leftovers > 0 {
+                        tracing::warn!(
+                            count = leftovers,
+                            "killed agent processes left behind by a service that died"
+                        );
+                    }
+                    tracing::info!(cgroup.version = ?root.version(), "each session runs in its own cgroup");
+                    Some(root)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroups: finding a session's processes is best effort (process marker and /proc)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let turns = Arc::new(Semaphore::new(settings.max_concurrent_turns.max(1)));
+        let starts = Arc::new(Semaphore::new(settings.max_concurrent_starts.max(1)));
+        Runtime {
+            shared: Arc::new(Shared {
+                settings,
+                launcher,
+                store,
+                workspaces,
+                event_log,
+                cgroups,
+                cli: RwLock::new(CliState::Looking),
+                registry: Mutex::new(HashMap::new()),
+                turns,
+                starts,
+                closing: AtomicBool::new(false),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// Whether sessions run in cgroups (else the best-effort marker fallback is in use).
+    pub fn has_cgroups(&self) -> bool {
+        self.shared.cgroups.is_some()
+    }
+
+    /// Records where the runtime stands with the CLI (found, being installed, missing).
+    pub fn set_cli_state(&self, state: CliState) {
+        *self.shared.cli.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Where the runtime stands with the CLI.
+    pub fn cli_state(&self) -> CliState {
+        self.shared.cli_state()
+    }
+
+    /// The user's own CLI config dir (transcripts, memory, `.claude.json`), outside every workspace.
+    pub fn config_dir(&self, user_id: &str) -> PathBuf {
+        self.shared.config_dir(user_id)
+    }
+
+    /// Starts a turn in the session; its events and terminal event arrive on the ticket.
+    pub async fn send(
+        &self,
+        record: &SessionRecord,
+        message: String,
+        timeout: Option<Duration>,
+    ) -> Result<TurnTicket, SendRefusal> {
+        let (reply, answer) = oneshot::channel();
+        self.command(
+            record,
+            Command::Send {
+                message,
+                timeout,
+                reply,
+            },
+        )
+        .await?;
+        answer.await.unwrap_or(Err(SendRefusal::Closed))
+    }
+
+    /// Stops the session's running turn; false if none runs.
+    pub async fn interrupt(&self, id: SessionId) -> bool {
+        let Some(commands) = self.shared.commands(id) else {
+            return false;
+        };
+        let (reply, answer) = oneshot::channel();
+        if commands.send(Command::Interrupt { reply }).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    /// Starts the session's CLI in the background if none runs; with `evict`, idle agents may be
+    /// stopped to make room (an explicit resume), else only free room is used (prewarming).
+    pub async fn warm(&self, record: &SessionRecord, evict: bool) {
+        if !evict && !self.shared.settings.prewarm {
+            return;
+        }
+        let _ = self.command(record, Command::Warm { evict }).await;
+    }
+
+    /// Ends a deleted or expired session: kills its processes, removes what the CLI kept about
+    /// it. Returns when nothing of it runs.
+    pub async fn close(&self, id: SessionId, user_id: &str) {
+        let entry = self.shared.registry().remove(&id);
+        match entry {
+            Some(entry) => {
+                let (reply, done) = oneshot::channel();
+                if entry
+                    .commands
+                    .send(Command::Close {
+                        why: Close::Deleted,
+                        reply,
+                    })
+                    .await
+                    .is_ok()
+                {
+                    let _ = done.await;
+                }
+            }
+            None => {
+                // Never live here: only the CLI's files may remain.
+                let config_dir = self.shared.config_dir(user_id);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for path in crate::agent::process::session_files(&config_dir, id) {
+                        let _ = if path.is_dir() {
+                            std::fs::remove_dir_all(&path)
+                        } else {
+                            std::fs::remove_file(&path)
+                        };
+                    }
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Whether the runtime is shutting down.
+    pub fn is_closing(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire)
+    }
+
+    /// How many sessions have a CLI process (running or starting).
+    pub fn live_count(&self) -> usize {
+        self.shared.live_count()
+    }
+
+    /// Whether this session has a CLI process.
+    pub fn is_live(&self, id: SessionId) -> bool {
+        self.shared
+            .registry()
+            .get(&id)
+            .is_some_and(|e| e.status.live.load(Ordering::Acquire))
+    }
+
+    /// Memory of the service and its agents, in bytes (cgroups where available).
+    pub async fn memory_bytes(&self) -> u64 {
+        self.shared.memory_bytes().await
+    }
+
+    /// Refuses new work, lets running turns end (briefly), stops every CLI; returns when none is left.
+    pub async fn shutdown(&self) {
+        if self.shared.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let entries: Vec<Entry> = self.shared.registry().drain().map(|(_, e)| e).collect();
+        let stops = entries.into_iter().map(|entry| async move {
+            let (reply, done) = oneshot::channel();
+            let close = Command::Close {
+                why: Close::Shutdown,
+                reply,
+            };
+            if entry.commands.send(close).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(15), done).await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+        tracing::info!("all agents stopped");
+    }
+
+    /// Runs until shutdown: relieves memory pressure, reaps adopted zombies, and (without
+    /// cgroups) sweeps for processes a dead instance left behind.
+    pub async fn watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watches = 0u64;
+        loop {
+            tick.tick().await;
+            if self.shared.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let limit = self.shared.settings.memory_limit_bytes;
+            if limit > 0
+                && self.shared.memory_bytes().await > limit
+                && let Some(victim) = self.shared.least_recently_used_idle(None)
+            {
+                tracing::info!(session.id = %victim.0, "memory limit reached; stopping the least recently used idle agent");
+                let (reply, answer) = oneshot::channel();
+                if victim.1.send(Command::Evict { reply }).await.is_ok() {
+                    let _ = answer.await;
+                }
+            }
+            watches += 1;
+            let sweep = self.shared.cgroups.is_none() && watches.is_multiple_of(ORPHAN_SWEEP_WATCHES);
+            // Both walk /proc: on a blocking thread.
+            let _ = tokio::task::spawn_blocking(move || {
+                tree::reap_zombie_children(&Default::default());
+                if sweep {
+                    // A service that died is not around to clean up; its tools end up adopted by init.
+                    tree::kill_orphaned_agent_processes();
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn command(&self, record: &SessionRecord, command: Command) -> Result<(), SendRefusal> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(SendRefusal::Closed);
+        }
+        let commands = {
+            let mut registry = self.shared.registry();
+            match registry.get(&record.session_id) {
+                Some(entry) if !entry.commands.is_closed() => entry.commands.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(INBOX);
+                    let status = Arc::new(LiveStatus::new(self.shared.epoch));
+                    registry.insert(
+                        record.session_id,
+                        Entry {
+                            commands: tx.clone(),
+                            status: status.clone(),
+                        },
+                    );
+                    let span = tracing::info_span!("session", session.id = %record.session_id, user.id = %record.user_id);
+                    tokio::spawn(tracing::Instrument::instrument(
+                        LiveSession::run(record.clone(), self.shared.clone(), status, rx),
+                        span,
+                    ));
+                    tx
+                }
+            }
+        };
+        commands.send(command).await.map_err(|_| SendRefusal::Closed)
+    }
+}
+
+impl Shared {
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops a closed session's registry entry, if it is still that session's.
+    fn forget(&self, id: SessionId, status: &Arc<LiveStatus>) {
+        let mut registry = self.registry();
+        if registry.get(&id).is_some_and(|e| Arc::ptr_eq(&e.status, status)) {
+            registry.remove(&id);
+        }
+    }
+
+    fn commands(&self, id: SessionId) -> Option<mpsc::Sender<Command>> {
+        self.registry().get(&id).map(|e| e.commands.clone())
+    }
+
+    fn cli_state(&self) -> CliState {
+        self.cli.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn config_dir(&self, user_id: &str) -> PathBuf {
+        agents_root(&self.settings.data_dir).join(user_id)
+    }
+
+    fn live_count(&self) -> usize {
+        self.registry()
+            .values()
+            .filter(|e| e.status.live.load(Ordering::Acquire))
+            .count()
+    }
+
+    fn prepare_spawn(
+        &self,
+        record: &SessionRecord,
+        cli: PathBuf,
+    ) -> Result<(SpawnSpec, std::os::fd::OwnedFd, Option<SessionCgroup>), String> {
+        live::prepare(self, record, cli)
+    }
+
+    async fn memory_bytes(&self) -> u64 {
+        match &self.cgroups {
+            Some(root) => own_rss_bytes() + root.memory_bytes(),
+            None => tokio::task::spawn_blocking(tree::service_memory_bytes)
+                .await
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The idle live session used longest ago (not `except`), with its command queue.
+    fn least_recently_used_idle(
+        &self,
+        except: Option<SessionId>,
+    ) -> Option<(SessionId, mpsc::Sender<Command>)> {
+        self.registry()
+            .iter()
+            .filter(|(id, e)| {
+                Some(**id) != except
+                    && e.status.live.load(Ordering::Acquire)
+                    && !e.status.busy.load(Ordering::Acquire)
+            })
+            .min_by_key(|(_, e)| e.status.last_used_ms.load(Ordering::Acquire))
+            .map(|(id, e)| (*id, e.commands.clone()))
+    }
+
+    /// Makes room for one more CLI: waits for a start slot (FIFO, so early sessions answer
+    /// early), then reserves a live slot under the cap and the memory limit, stopping least
+    /// recently used idle agents for room if `evict`.
+    async fn admit(&self, id: SessionId, status: &LiveStatus, evict: bool) -> Admission {
+        let Ok(permit) = self.starts.clone().acquire_owned().await else {
+            return Admission::Closing;
+        };
+        let limit = self.settings.memory_limit_bytes;
+        for _ in 0..=self.settings.max_live {
+            if self.closing.load(Ordering::Acquire) {
+                return Admission::Closing;
+            }
+            let over_memory = limit > 0 && self.memory_bytes().await >= limit;
+            let victim = {
+                let registry = self.registry();
+                let live = registry
+                    .values()
+                    .filter(|e| e.status.live.load(Ordering::Acquire))
+                    .count();
+                if live < self.settings.max_live && !over_memory {
+                    // Reserved under the registry lock: two starts cannot both take the last slot.
+                    status.live.store(true, Ordering::Release);
+                    status.touch();
+                    return Admission::Granted(permit);
+                }
+                drop(registry);
+                if !evict {
+                    return Admission::NoCapacity("no room to start an agent ahead of need".into());
+                }
+                match self.least_recently_used_idle(Some(id)) {
+                    Some(victim) => victim,
+                    None => {
+                        return Admission::NoCapacity(if over_memory {
+                            "memory is at api.memory_limit_mb and no agent is idle".to_string()
+                        } else {
+                            format!(
+                                "all {} agents are busy (api.max_live_agents)",
+                                self.settings.max_live
+                            )
+                        });
+                    }
+                }
+            };
+            let (reply, answer) = oneshot::channel();
+            if victim.1.send(Command::Evict { reply }).await.is_ok() {
+                let _ = answer.await;
+            }
+        }
+        Admission::NoCapacity("agents could not be stopped to make room".into())
+    }
+}
+
+/// Where per-user CLI config dirs live: beside the workspaces, never inside them.
+pub fn agents_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("agents")
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// This process's resident memory (one small read of /proc/self/statm).
+fn own_rss_bytes() -> u64 {
+    tree::rss_bytes(std::process::id()).unwrap_or_default()
+}
