@@ -133,13 +133,10 @@ impl Sessions {
 
     /// Deletes the session for good: its record, its process and everything the CLI kept about it.
     pub async fn delete(&self, id: SessionId) -> Result<(), SessionError> {
-        let record = self.get(id).await;
-        if !self.store.delete(id).await? {
+        let Some(record) = self.store.delete(id).await? else {
             return Err(SessionError::NotFound(id.to_string()));
-        }
-        if let Ok(record) = record {
-            self.agents.forget(id, &record.user_id).await;
-        }
+        };
+        self.agents.forget(id, &record.user_id).await;
         Ok(())
     }
 
