@@ -65,12 +65,13 @@ impl App {
             }
         };
         let base = config.base_dir();
-        let workspaces = Workspaces::new(&base, config.user.auto_create_dir).map_err(|source| {
-            StartupError::Workspaces {
-                path: base.display().to_string(),
-                source,
-            }
-        })?;
+        let workspaces =
+            Workspaces::new(&config.data_dir, &base, config.user.auto_create_dir).map_err(|source| {
+                StartupError::Workspaces {
+                    path: base.display().to_string(),
+                    source,
+                }
+            })?;
         let agents_root = crate::sessions::agents_root(&config);
         if agents_root.starts_with(workspaces.base()) || workspaces.base().starts_with(&agents_root) {
             return Err(StartupError::Storage(format!(

@@ -58,14 +58,15 @@ impl Sessions {
 
     /// Creates a session: validates names, checks limits, creates the workspace. No process starts.
     pub async fn create(&self, request: NewSession) -> Result<SessionRecord, SessionError> {
-        let subdir = request.subdir.as_deref();
+        // `"p/"` is the same directory as `"p"`, and is stored as `"p"`.
+        let subdir = request.subdir.as_deref().map(crate::workspace::normalize_subdir);
         // Reject bad names and planted links before anything is written.
         self.workspaces.check(&request.user_id, subdir)?;
         let now = Utc::now();
         let mut record = SessionRecord {
             session_id: SessionId::new(),
             user_id: request.user_id.clone(),
-            subdir: request.subdir.clone(),
+            subdir: subdir.map(str::to_owned),
             cwd: self.workspaces.path_of(&request.user_id, subdir),
             options: self.defaults.clone(),
             created_at: now,
