@@ -67,12 +67,13 @@ impl App {
             }
         };
         let base = config.base_dir();
-        let workspaces = Workspaces::new(&base, config.user.auto_create_dir).map_err(|source| {
-            StartupError::Workspaces {
-                path: base.display().to_string(),
-                source,
-            }
-        })?;
+        let workspaces =
+            Workspaces::new(&config.data_dir, &base, config.user.auto_create_dir).map_err(|source| {
+                StartupError::Workspaces {
+                    path: base.display().to_string(),
+                    source,
+                }
+            })?;
         let agents_root = crate::runtime::agents_root(&config.data_dir);
         if agents_root.starts_with(workspaces.base()) || workspaces.base().starts_with(&agents_root) {
             return Err(StartupError::Storage(format!(
@@ -231,11 +232,11 @@ fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
         memory_limit_bytes: config.api.memory_limit_mb * 1024 * 1024,
         idle_timeout: Duration::from_secs(config.api.idle_session_timeout),
         max_concurrent_turns: config.api.max_concurrent_requests as usize,
-        max_concurrent_starts: 2,
-        turn_timeout: seconds(1800),
-        silence_timeout: seconds(600),
-        prewarm: true,
-        stream_buffer: 4096,
+        max_concurrent_starts: config.api.max_concurrent_starts as usize,
+        turn_timeout: seconds(config.defaults.turn_timeout),
+        silence_timeout: seconds(config.defaults.turn_silence_timeout),
+        prewarm: config.api.prewarm,
+        stream_buffer: config.api.stream_buffer_events as usize,
         extra_env: config.defaults.env.clone(),
         mcp_servers: config.mcp_servers.clone(),
         inherited,

@@ -63,10 +63,11 @@ impl StorageKind {
 }
 
 /// The CLI's permission modes (`--permission-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PermissionMode {
     /// Ask (through our policy) for every tool not pre-approved.
     #[serde(rename = "default")]
+    #[default]
     Default,
     /// Auto-approve file edits.
     #[serde(rename = "acceptEdits")]
@@ -174,6 +175,13 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Seconds between SSE keep-alive comments while the agent is quiet.
     pub keepalive_seconds: u64,
+    /// Start a session's CLI in the background when the session is created or resumed, if it fits
+    /// under `max_live_agents` and `memory_limit_mb` without stopping another agent.
+    pub prewarm: bool,
+    /// CLI processes starting at once; further starts wait in a FIFO queue.
+    pub max_concurrent_starts: u32,
+    /// Events buffered per session for streaming readers; a reader further behind is dropped.
+    pub stream_buffer_events: u32,
 }
 
 /// The `defaults` section: agent options every new session gets.
@@ -202,6 +210,10 @@ pub struct AgentDefaults {
     pub max_budget_usd: Option<f64>,
     /// Extra environment variables for the CLI (beyond the built-in allow-list).
     pub env: BTreeMap<String, String>,
+    /// Seconds a turn may run before the service stops it; 0: no server-side deadline.
+    pub turn_timeout: u64,
+    /// Seconds a turn's CLI may print nothing before the service stops the turn; 0: off.
+    pub turn_silence_timeout: u64,
 }
 
 /// A plugin folder: a bare path, or `{type: local, path}` as in the Python SDK.
@@ -281,6 +293,9 @@ impl Default for ApiConfig {
             max_live_agents: 32,
             max_body_bytes: 1024 * 1024,
             keepalive_seconds: 15,
+            prewarm: true,
+            max_concurrent_starts: 2,
+            stream_buffer_events: 4096,
         }
     }
 }
@@ -301,6 +316,8 @@ impl Default for AgentDefaults {
             max_turns: None,
             max_budget_usd: None,
             env: BTreeMap::new(),
+            turn_timeout: 1800,
+            turn_silence_timeout: 600,
         }
     }
 }
@@ -336,14 +353,39 @@ pub struct LoadOptions {
     pub allow_ephemeral_port: bool,
 }
 
+/// A loaded configuration and what the loader noticed but did not refuse.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// One line per problem worth a warning, e.g. an ignored `CLAUDE_AGENT_*` variable.
+    pub warnings: Vec<String>,
+}
+
 impl Config {
-    /// Loads defaults, then `file` (or `./config.yaml` if present), then `env`, then validates.
+    /// Loads defaults, then `file` (or `./config.yaml` if present), then `env`, then validates;
+    /// logs the loader's warnings with `tracing` (lost if logging is not initialised yet: a caller
+    /// that initialises logging later should use [`Config::load_with_warnings`]).
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         options: LoadOptions,
     ) -> Result<Config, ConfigError> {
+        let loaded = Self::load_with_warnings(file, env, options)?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(loaded.config)
+    }
+
+    /// Like [`Config::load`], but returns the warnings for the caller to report once it can.
+    pub fn load_with_warnings(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        options: LoadOptions,
+    ) -> Result<Loaded, ConfigError> {
         let mut tree = serde_json::to_value(Config::default()).expect("defaults serialize");
+        let known = known_env_names(&tree);
         let implicit = Path::new("config.yaml");
         let file = match file {
             Some(path) => Some(path),
@@ -374,7 +416,11 @@ impl Config {
                 }
             }
         }
-        let origins = apply_env(&mut tree, env)?;
+        let (origins, ignored) = apply_env(&mut tree, env)?;
+        let warnings = ignored
+            .iter()
+            .map(|name| ignored_env_warning(name, &known))
+            .collect();
         let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Invalid {
@@ -391,7 +437,7 @@ impl Config {
                 key: key.to_string(),
                 message,
             })?;
-        Ok(config)
+        Ok(Loaded { config, warnings })
     }
 
     /// Where user workspaces live.
@@ -492,6 +538,32 @@ impl Config {
         if self.api.keepalive_seconds == 0 {
             return Err(("api.keepalive_seconds", "must be at least 1".into()));
         }
+        if self.api.max_concurrent_starts == 0 {
+            return Err(("api.max_concurrent_starts", "must be at least 1".into()));
+        }
+        if !(MIN_STREAM_BUFFER..=MAX_STREAM_BUFFER).contains(&self.api.stream_buffer_events) {
+            return Err((
+                "api.stream_buffer_events",
+                format!("must be between {MIN_STREAM_BUFFER} and {MAX_STREAM_BUFFER}"),
+            ));
+        }
+        for (key, value) in [
+            ("defaults.turn_timeout", self.defaults.turn_timeout),
+            (
+                "defaults.turn_silence_timeout",
+                self.defaults.turn_silence_timeout,
+            ),
+        ] {
+            if value > MAX_TURN_SECONDS {
+                return Err((
+                    key,
+                    format!("must be at most {MAX_TURN_SECONDS} seconds (one year); 0 turns it off"),
+                ));
+            }
+        }
+        for origin in &self.api.cors_origins {
+            check_origin(origin).map_err(|why| ("api.cors_origins", format!("entry {origin:?} {why}")))?;
+        }
         if self.defaults.max_turns == Some(0) {
             return Err(("defaults.max_turns", "must be at least 1 (or null)".into()));
         }
@@ -526,6 +598,59 @@ impl Config {
 }
 
 const REDACTED: &str = "***";
+
+/// Bounds of `api.stream_buffer_events`: each live session preallocates this many slots.
+const MIN_STREAM_BUFFER: u32 = 16;
+const MAX_STREAM_BUFFER: u32 = 1 << 20;
+
+/// Upper bound of the turn timeouts, far beyond any real turn; keeps deadlines representable.
+const MAX_TURN_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Checks a CORS origin as browsers send it: `*`, or `scheme://host[:port]` with nothing after.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let usage = "(an origin is `*` or scheme://host[:port], e.g. \"https://app.example.com\", \
+                 with no path or trailing slash)";
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err(format!("is not an origin {usage}"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(format!("has an invalid scheme {usage}"));
+    }
+    if authority.is_empty() {
+        return Err(format!("has no host {usage}"));
+    }
+    if authority.contains('/') {
+        return Err(format!("has a path or a trailing slash {usage}"));
+    }
+    if let Some(bad) = authority
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#' | '@' | '\\' | '*'))
+    {
+        return Err(format!("contains {bad:?} {usage}"));
+    }
+    // `host:port`, `[v6]` or `[v6]:port`: whatever follows the last `:` outside brackets is a port.
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    let (host, port) = match authority[host_end..].rfind(':') {
+        Some(i) => (&authority[..host_end + i], Some(&authority[host_end + i + 1..])),
+        None => (authority, None),
+    };
+    if host.is_empty() {
+        return Err(format!("has no host {usage}"));
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("has an invalid port {port:?} {usage}"));
+    }
+    Ok(())
+}
 
 fn redact_secret_entries(map: &mut Map<String, Value>) {
     for (name, value) in map.iter_mut() {
@@ -567,12 +692,14 @@ fn merge(base: &mut Value, overlay: Value) {
     }
 }
 
-/// Applies environment overrides; returns which variable set which key, for error messages.
+/// Applies environment overrides; returns which variable set which key (for error messages) and
+/// the `CLAUDE_AGENT_*` variables that set nothing (for warnings).
 fn apply_env(
     tree: &mut Value,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<BTreeMap<String, String>, ConfigError> {
+) -> Result<(BTreeMap<String, String>, Vec<String>), ConfigError> {
     let mut origins = BTreeMap::new();
+    let mut ignored = Vec::new();
     let mut pairs: Vec<(String, String)> = env
         .into_iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX))
@@ -584,7 +711,10 @@ fn apply_env(
         } else if let Some((section, key)) = name[ENV_PREFIX.len()..].split_once("__") {
             format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase())
         } else {
-            continue; // not ours: other tools share the prefix
+            if !NOT_CONFIG_ENV.contains(&name.as_str()) {
+                ignored.push(name);
+            }
+            continue;
         };
         let path: Vec<&str> = key.split('.').collect();
         let mut slot = &mut *tree;
@@ -601,7 +731,89 @@ fn apply_env(
         *slot = env_value(slot, &raw);
         origins.insert(key, name);
     }
-    Ok(origins)
+    Ok((origins, ignored))
+}
+
+/// The sections whose keys `CLAUDE_AGENT_<SECTION>__<KEY>` sets.
+const SECTIONS: &[&str] = &["user", "session", "api", "defaults"];
+
+/// Variables with the prefix that are not configuration: the marker every agent process carries
+/// (`agent::tree::SESSION_MARKER`), inherited by a service started from inside a session.
+const NOT_CONFIG_ENV: &[&str] = &["CLAUDE_AGENT_HTTP_SESSION"];
+
+/// Every key an environment variable can set (from the defaults' tree), with its variables: the
+/// generic name first, then the seed's alias if there is one.
+fn known_env_names(defaults: &Value) -> Vec<(String, Vec<String>)> {
+    let mut known: Vec<(String, Vec<String>)> = Vec::new();
+    for section in SECTIONS {
+        let Some(keys) = defaults[*section].as_object() else {
+            continue;
+        };
+        for key in keys.keys() {
+            let generic = format!(
+                "{ENV_PREFIX}{}__{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            );
+            known.push((format!("{section}.{key}"), vec![generic]));
+        }
+    }
+    for (var, key) in NAMED_ENV {
+        match known.iter_mut().find(|(known_key, _)| known_key == key) {
+            Some((_, vars)) => vars.push(var.to_string()),
+            None => known.push((key.to_string(), vec![var.to_string()])),
+        }
+    }
+    known
+}
+
+/// The warning for a `CLAUDE_AGENT_*` variable that sets nothing, with the obvious correction if
+/// there is one: the key whose name is the variable's tail (`CLAUDE_AGENT_PORT` -> `api.port`),
+/// else the one variable within a small edit distance (`CLAUDE_AGENT_API_MAX_LIVE_AGENTS`).
+fn ignored_env_warning(name: &str, known: &[(String, Vec<String>)]) -> String {
+    let tail = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+    let by_tail: Vec<_> = known
+        .iter()
+        .filter(|(key, _)| key.rsplit('.').next() == Some(tail.as_str()))
+        .collect();
+    let suggestion = if let [only] = by_tail.as_slice() {
+        Some(*only)
+    } else {
+        let mut scored: Vec<(usize, &(String, Vec<String>))> = known
+            .iter()
+            .filter_map(|entry| {
+                let distance = entry.1.iter().map(|var| edit_distance(name, var)).min()?;
+                Some((distance, entry))
+            })
+            .collect();
+        scored.sort_by_key(|(distance, _)| *distance);
+        match scored.as_slice() {
+            [(best, entry), rest @ ..] if *best <= 3 && rest.first().is_none_or(|(next, _)| next > best) => {
+                Some(*entry)
+            }
+            _ => None,
+        }
+    };
+    let mut warning = format!("environment variable {name} is not a configuration variable and is ignored");
+    if let Some((key, vars)) = suggestion {
+        warning.push_str(&format!("; did you mean {} ({key})?", vars.join(" or ")));
+    }
+    warning
+}
+
+/// Levenshtein distance between two ASCII-ish names, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// Parses an environment value as a YAML scalar, except where the key holds text.
@@ -762,6 +974,32 @@ plugins:
             ),
             (None, &[("CLAUDE_AGENT_API__NOPE", "1")], "api"),
             (Some("api:\n  max_sessions: 0\n"), &[], "api.max_sessions"),
+            (
+                Some("api:\n  max_concurrent_starts: 0\n"),
+                &[],
+                "api.max_concurrent_starts",
+            ),
+            (
+                Some("api:\n  stream_buffer_events: 15\n"),
+                &[],
+                "api.stream_buffer_events",
+            ),
+            (
+                None,
+                &[("CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS", "2000000")],
+                "CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS",
+            ),
+            (Some("api:\n  prewarm: maybe\n"), &[], "api.prewarm"),
+            (
+                Some("defaults:\n  turn_timeout: -1\n"),
+                &[],
+                "defaults.turn_timeout",
+            ),
+            (
+                Some("defaults:\n  turn_silence_timeout: 99999999999\n"),
+                &[],
+                "defaults.turn_silence_timeout",
+            ),
             (Some("- a\n- b\n"), &[], "mapping"),
             (Some("api:\n  port: 1\napi:\n  host: x\n"), &[], "duplicate"),
         ];
@@ -772,6 +1010,106 @@ plugins:
                 "{message:?} should mention {expected}"
             );
         }
+    }
+
+    #[test]
+    fn runtime_keys_have_defaults_and_environment_overrides() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.defaults.turn_timeout, 1800);
+        assert_eq!(config.defaults.turn_silence_timeout, 600);
+        assert!(config.api.prewarm);
+        assert_eq!(config.api.max_concurrent_starts, 2);
+        assert_eq!(config.api.stream_buffer_events, 4096);
+        let config = load(
+            Some("api:\n  max_concurrent_starts: 3\ndefaults:\n  turn_timeout: 60\n"),
+            &[
+                ("CLAUDE_AGENT_DEFAULTS__TURN_SILENCE_TIMEOUT", "0"),
+                ("CLAUDE_AGENT_API__PREWARM", "false"),
+                ("CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS", "16"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.defaults.turn_timeout, 60);
+        assert_eq!(config.defaults.turn_silence_timeout, 0, "0 turns it off");
+        assert!(!config.api.prewarm);
+        assert_eq!(config.api.max_concurrent_starts, 3);
+        assert_eq!(config.api.stream_buffer_events, 16);
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let good = r#"api:
+  cors_origins: ["*", "https://app.example.com", "http://localhost:3000", "http://[::1]:8080", "app+x://h"]
+"#;
+        load(Some(good), &[]).unwrap();
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "http://",
+            "http://:80",
+            "http://host:99999",
+            "http://host:",
+            "1http://host",
+            "https://user@host",
+            "http://a b",
+            "http://host\u{1}",
+            "",
+            "*.example.com",
+        ] {
+            let yaml = format!("api:\n  cors_origins: [{}]\n", serde_json::json!(bad));
+            let message = load(Some(&yaml), &[]).unwrap_err().to_string();
+            assert!(
+                message.contains("api.cors_origins") && message.contains(&format!("{bad:?}")),
+                "{bad:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_prefixed_variables_are_warned_about_with_the_likely_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            ("CLAUDE_AGENT_PORT", "9000"),
+            ("CLAUDE_AGENT_API_MAX_LIVE_AGENTS", "4"),
+            ("CLAUDE_AGENT_SESION_TTL", "5"),
+            ("CLAUDE_AGENT_TURN_TIMEOUT", "5"),
+            ("CLAUDE_AGENT_WHATEVER_ELSE_ENTIRELY", "sk-do-not-print"),
+            // Known ones, and the marker every agent process carries: no warning.
+            ("CLAUDE_AGENT_API_PORT", "9001"),
+            ("CLAUDE_AGENT_API__HOST", "127.0.0.2"),
+            ("CLAUDE_AGENT_HTTP_SESSION", "x"),
+            ("OTHER_TOOL_PORT", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "").unwrap();
+        let loaded = Config::load_with_warnings(Some(&empty), env, LoadOptions::default()).unwrap();
+        assert_eq!(loaded.config.api.port, 9001);
+        let warnings = loaded.warnings;
+        assert_eq!(warnings.len(), 5, "{warnings:#?}");
+        let about = |name: &str| {
+            warnings
+                .iter()
+                .find(|w| w.contains(&format!("variable {name} ")))
+                .unwrap_or_else(|| panic!("no warning about {name}: {warnings:#?}"))
+                .clone()
+        };
+        assert!(
+            about("CLAUDE_AGENT_PORT")
+                .ends_with("did you mean CLAUDE_AGENT_API__PORT or CLAUDE_AGENT_API_PORT (api.port)?"),
+            "{warnings:#?}"
+        );
+        assert!(about("CLAUDE_AGENT_API_MAX_LIVE_AGENTS").contains("CLAUDE_AGENT_API__MAX_LIVE_AGENTS"));
+        assert!(about("CLAUDE_AGENT_SESION_TTL").contains("CLAUDE_AGENT_SESSION_TTL (session.ttl)"));
+        assert!(about("CLAUDE_AGENT_TURN_TIMEOUT").contains("CLAUDE_AGENT_DEFAULTS__TURN_TIMEOUT"));
+        let unrelated = about("CLAUDE_AGENT_WHATEVER_ELSE_ENTIRELY");
+        assert!(!unrelated.contains("did you mean"), "{unrelated}");
+        assert!(
+            warnings
+                .iter()
+                .all(|w| !w.contains("sk-do-not-print") && !w.contains('\n'))
+        );
     }
 
     #[test]

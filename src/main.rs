@@ -45,13 +45,18 @@ fn main() -> ExitCode {
     let options = LoadOptions {
         allow_ephemeral_port: matches!(&command, Command::Serve { port_file: Some(_) }),
     };
-    let config = match Config::load(cli.config.as_deref(), std::env::vars(), options) {
-        Ok(config) => config,
+    let (config, warnings) = match Config::load_with_warnings(cli.config.as_deref(), std::env::vars(), options) {
+        Ok(loaded) => (loaded.config, loaded.warnings),
         Err(e) => {
             eprintln!("claude-agent-http: {e}");
             return ExitCode::from(2);
         }
     };
+    if !matches!(command, Command::Serve { .. }) {
+        for warning in &warnings {
+            eprintln!("claude-agent-http: warning: {warning}");
+        }
+    }
     match command {
         Command::PrintConfig => {
             print!(
@@ -63,6 +68,9 @@ fn main() -> ExitCode {
         Command::Healthcheck => healthcheck(&config),
         Command::Serve { port_file } => {
             init_logging(cli.log_json);
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(serve(config, port_file))
         }

@@ -58,14 +58,15 @@ impl Sessions {
 
     /// Creates a session: validates names, checks limits, creates the workspace. No process starts.
     pub async fn create(&self, request: NewSession) -> Result<SessionRecord, SessionError> {
-        let subdir = request.subdir.as_deref();
+        // `"p/"` is the same directory as `"p"`, and is stored as `"p"`.
+        let subdir = request.subdir.as_deref().map(crate::workspace::normalize_subdir);
         // Reject bad names and planted links before anything is written.
         self.workspaces.check(&request.user_id, subdir)?;
         let now = Utc::now();
         let mut record = SessionRecord {
             session_id: SessionId::new(),
             user_id: request.user_id.clone(),
-            subdir: request.subdir.clone(),
+            subdir: subdir.map(str::to_owned),
             cwd: self.workspaces.path_of(&request.user_id, subdir),
             options: self.defaults.clone(),
             created_at: now,
@@ -121,13 +122,10 @@ impl Sessions {
 
     /// Deletes the session for good: its record, its process and everything the CLI kept about it.
     pub async fn delete(&self, id: SessionId) -> Result<(), SessionError> {
-        let record = self.get(id).await;
-        if !self.store.delete(id).await? {
+        let Some(record) = self.store.delete(id).await? else {
             return Err(SessionError::NotFound(id.to_string()));
-        }
-        if let Ok(record) = record {
-            self.runtime.close(id, &record.user_id).await;
-        }
+        };
+        self.runtime.close(id, &record.user_id).await;
         Ok(())
     }
 

@@ -45,7 +45,10 @@ impl SessionStore for MemoryStore {
         if total >= limits.max_total {
             return Err(StoreError::LimitReached(LimitScope::Total(limits.max_total)));
         }
-        records.insert(record.session_id, record.clone());
+        // As a database row would: credentials stay in the configuration.
+        let mut stored = record.clone();
+        stored.options.mcp_servers.clear();
+        records.insert(record.session_id, stored);
         Ok(())
     }
 
@@ -83,8 +86,13 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn delete(&self, id: SessionId) -> Result<bool, StoreError> {
-        Ok(self.records.write().await.remove(&id).is_some())
+    async fn delete(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let cutoff = self.expiry.cutoff();
+        let mut records = self.records.write().await;
+        if !records.get(&id).is_some_and(|r| self.expiry.is_live(r, cutoff)) {
+            return Ok(None);
+        }
+        Ok(records.remove(&id))
     }
 
     async fn purge_expired(&self) -> Result<Vec<SessionRecord>, StoreError> {

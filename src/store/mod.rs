@@ -1,8 +1,10 @@
 //! Session records at rest: `trait SessionStore` and its backends (memory, SQLite). The trait's
 //! specification is the conformance story in `tests/it/store.rs`, run against every backend.
-//! A store knows nothing of agents, workspaces or HTTP.
+//! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
+//! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
 mod memory;
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -60,7 +62,9 @@ pub struct Limits {
     pub max_per_user: u32,
 }
 
-/// Where session records live. Expired records (by the store's TTL) are invisible to every read.
+/// Where session records live. Expired records (by the store's TTL) are invisible to every read
+/// and to `delete`. A store never keeps `options.mcp_servers` (their `env` and `headers` are
+/// credentials): a record read back has none, and the agent takes them from the configuration.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new record unless a limit would be exceeded (checked atomically).
@@ -71,8 +75,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
     /// Marks activity at `at`, adding `turns` to the message count; false if the record is gone.
     async fn touch(&self, id: SessionId, at: DateTime<Utc>, turns: u64) -> Result<bool, StoreError>;
-    /// Removes a record for good; false if there was none.
-    async fn delete(&self, id: SessionId) -> Result<bool, StoreError>;
+    /// Removes an unexpired record for good and returns it; `None` if there was none (an expired
+    /// one is left for `purge_expired`).
+    async fn delete(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
     /// Removes every expired record and returns them.
     async fn purge_expired(&self) -> Result<Vec<SessionRecord>, StoreError>;
     /// How many unexpired records exist.

@@ -1,22 +1,26 @@
-//! The embedded SQLite store (the default): one file in WAL mode, migrations compiled in.
+//! The embedded SQLite store (the default): one file in WAL mode, migrations compiled in. The file
+//! and its `-wal`/`-shm` are readable by the service's user only.
 
+use std::fs::{OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::rows::StoredOptions;
 use super::{Expiry, LimitScope, Limits, SessionStore, StoreError};
 use crate::domain::{SessionId, SessionRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// The columns of a record, in `record_from_row`'s order (a macro so queries stay `&'static str`).
+/// The columns of a record, in `SessionRow`'s order (a macro so queries stay `&'static str`).
 macro_rules! columns {
     () => {
         "session_id, user_id, subdir, cwd, options, metadata, created_at, last_active_at, message_count"
@@ -32,14 +36,19 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it and its folder if needed) and migrates the database at `path`.
     pub async fn open(path: &Path, ttl_seconds: u64) -> Result<Self, StoreError> {
+        let io_error = |e: io::Error| StoreError::Database(sqlx::Error::Io(e));
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            create_private_dirs(parent).map_err(io_error)?;
         }
+        create_private_file(path).map_err(io_error)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(PathBuf::from(path))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // Deleted content (a purged session, a scrubbed column) is overwritten, not left in
+            // free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -51,6 +60,61 @@ impl SqliteStore {
             expiry: Expiry::new(ttl_seconds),
         })
     }
+}
+
+/// Creates `dir` and its missing ancestors with mode 0700, whatever the umask; leaves existing
+/// directories as they are.
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::metadata(d).is_err())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(0o700))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database file with mode 0600 before SQLite does (SQLite gives its `-wal` and `-shm`
+/// the database file's mode), and takes group and other access away from an existing one: it holds
+/// every session's options and metadata.
+fn create_private_file(path: &Path) -> io::Result<()> {
+    let private = Permissions::from_mode(0o600);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => return file.set_permissions(private),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for file in [path.to_owned(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            match std::fs::set_permissions(&file, private.clone()) {
+                Ok(()) => tracing::info!(path = %file.display(), "made the session database private (0600)"),
+                Err(e) => {
+                    tracing::warn!(path = %file.display(), error = %e, "cannot make the session database private")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sessions.db` -> `sessions.db-wal`.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn micros(at: DateTime<Utc>) -> i64 {
@@ -68,24 +132,67 @@ fn from_micros(value: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {value}")))
 }
 
-fn record_from_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
-    let id: String = row.try_get("session_id")?;
-    let options: String = row.try_get("options")?;
-    let metadata: String = row.try_get("metadata")?;
-    let cwd: String = row.try_get("cwd")?;
-    let count: i64 = row.try_get("message_count")?;
-    Ok(SessionRecord {
-        session_id: SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
-        user_id: row.try_get("user_id")?,
-        subdir: row.try_get("subdir")?,
-        cwd: PathBuf::from(cwd),
-        options: serde_json::from_str(&options).map_err(|e| corrupt("options", &e))?,
-        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt("metadata", &e))?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        last_active_at: from_micros(row.try_get("last_active_at")?)?,
-        message_count: u64::try_from(count).unwrap_or_default(),
-    })
+/// A count as SQLite stores it (a signed 64-bit integer).
+fn to_sql_count(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is too large to store")))
+}
+
+/// One row of `sessions`, as SQLite holds it.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    session_id: String,
+    user_id: String,
+    subdir: Option<String>,
+    cwd: String,
+    options: String,
+    metadata: String,
+    created_at: i64,
+    last_active_at: i64,
+    message_count: i64,
+}
+
+impl TryFrom<&SessionRecord> for SessionRow {
+    type Error = StoreError;
+
+    fn try_from(record: &SessionRecord) -> Result<Self, StoreError> {
+        Ok(SessionRow {
+            session_id: record.session_id.to_string(),
+            user_id: record.user_id.clone(),
+            subdir: record.subdir.clone(),
+            cwd: record.cwd.to_string_lossy().into_owned(),
+            options: StoredOptions::from(&record.options).to_json(),
+            metadata: serde_json::to_string(&record.metadata).expect("metadata serializes"),
+            created_at: micros(record.created_at),
+            last_active_at: micros(record.last_active_at),
+            message_count: to_sql_count(record.message_count, "message_count")?,
+        })
+    }
+}
+
+impl TryFrom<SessionRow> for SessionRecord {
+    type Error = StoreError;
+
+    fn try_from(row: SessionRow) -> Result<Self, StoreError> {
+        let id = &row.session_id;
+        Ok(SessionRecord {
+            session_id: SessionId::parse(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
+            user_id: row.user_id,
+            subdir: row.subdir,
+            cwd: PathBuf::from(row.cwd),
+            options: StoredOptions::parse(&row.options)?.try_into()?,
+            metadata: serde_json::from_str(&row.metadata)
+                .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+            created_at: from_micros(row.created_at)?,
+            last_active_at: from_micros(row.last_active_at)?,
+            message_count: u64::try_from(row.message_count)
+                .map_err(|_| StoreError::Corrupt(format!("message_count {}", row.message_count)))?,
+        })
+    }
+}
+
+fn records(rows: Vec<SessionRow>) -> Result<Vec<SessionRecord>, StoreError> {
+    rows.into_iter().map(SessionRecord::try_from).collect()
 }
 
 #[async_trait]
@@ -100,16 +207,17 @@ impl SessionStore for SqliteStore {
             "WHERE (SELECT COUNT(*) FROM sessions WHERE last_active_at >= ?10) < ?11 ",
             "AND (SELECT COUNT(*) FROM sessions WHERE user_id = ?2 AND last_active_at >= ?10) < ?12"
         );
+        let row = SessionRow::try_from(record)?;
         let result = sqlx::query(sql)
-            .bind(record.session_id.to_string())
-            .bind(&record.user_id)
-            .bind(&record.subdir)
-            .bind(record.cwd.to_string_lossy().into_owned())
-            .bind(serde_json::to_string(&record.options).expect("options serialize"))
-            .bind(serde_json::to_string(&record.metadata).expect("metadata serializes"))
-            .bind(micros(record.created_at))
-            .bind(micros(record.last_active_at))
-            .bind(record.message_count as i64)
+            .bind(&row.session_id)
+            .bind(&row.user_id)
+            .bind(&row.subdir)
+            .bind(&row.cwd)
+            .bind(&row.options)
+            .bind(&row.metadata)
+            .bind(row.created_at)
+            .bind(row.last_active_at)
+            .bind(row.message_count)
             .bind(cutoff)
             .bind(i64::from(limits.max_total))
             .bind(i64::from(limits.max_per_user))
@@ -146,19 +254,19 @@ impl SessionStore for SqliteStore {
             columns!(),
             " FROM sessions WHERE session_id = ?1 AND last_active_at >= ?2"
         );
-        let row = sqlx::query(sql)
+        let row: Option<SessionRow> = sqlx::query_as(sql)
             .bind(id.to_string())
             .bind(cutoff_micros(&self.expiry))
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(record_from_row).transpose()
+        row.map(SessionRecord::try_from).transpose()
     }
 
     async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
         let cutoff = cutoff_micros(&self.expiry);
         // Two statements rather than `?1 IS NULL OR ...`, so the per-user one keeps its index.
         let query = match user_id {
-            Some(user_id) => sqlx::query(concat!(
+            Some(user_id) => sqlx::query_as(concat!(
                 "SELECT ",
                 columns!(),
                 " FROM sessions WHERE user_id = ?1 AND last_active_at >= ?2 ",
@@ -166,15 +274,14 @@ impl SessionStore for SqliteStore {
             ))
             .bind(user_id)
             .bind(cutoff),
-            None => sqlx::query(concat!(
+            None => sqlx::query_as(concat!(
                 "SELECT ",
                 columns!(),
                 " FROM sessions WHERE last_active_at >= ?1 ORDER BY created_at, session_id"
             ))
             .bind(cutoff),
         };
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(record_from_row).collect()
+        records(query.fetch_all(&self.pool).await?)
     }
 
     async fn touch(&self, id: SessionId, at: DateTime<Utc>, turns: u64) -> Result<bool, StoreError> {
@@ -184,19 +291,24 @@ impl SessionStore for SqliteStore {
         )
         .bind(id.to_string())
         .bind(micros(at))
-        .bind(turns as i64)
+        .bind(to_sql_count(turns, "turns")?)
         .bind(cutoff_micros(&self.expiry))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn delete(&self, id: SessionId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sessions WHERE session_id = ?1")
+    async fn delete(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = concat!(
+            "DELETE FROM sessions WHERE session_id = ?1 AND last_active_at >= ?2 RETURNING ",
+            columns!()
+        );
+        let row: Option<SessionRow> = sqlx::query_as(sql)
             .bind(id.to_string())
-            .execute(&self.pool)
+            .bind(cutoff_micros(&self.expiry))
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        row.map(SessionRecord::try_from).transpose()
     }
 
     async fn purge_expired(&self) -> Result<Vec<SessionRecord>, StoreError> {
@@ -207,11 +319,11 @@ impl SessionStore for SqliteStore {
             "DELETE FROM sessions WHERE last_active_at < ?1 RETURNING ",
             columns!()
         );
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query_as(sql)
             .bind(micros(cutoff))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(record_from_row).collect()
+        records(rows)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
@@ -219,7 +331,7 @@ impl SessionStore for SqliteStore {
             .bind(cutoff_micros(&self.expiry))
             .fetch_one(&self.pool)
             .await?;
-        Ok(count as u64)
+        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("count {count}")))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,18 +1,25 @@
 //! User workspaces: validating user ids and subdirectories, and resolving `base_dir/<user>/<subdir>`
 //! on disk component by component with `O_NOFOLLOW`, so that no symlink (even one an agent planted
-//! inside its own directory) can lead a session outside its user's directory. It must not know
-//! about sessions or HTTP.
+//! inside its own directory) can lead a session outside its user's directory. It also creates the
+//! service's private folders under `data_dir`. Every directory it creates is mode 0700 whatever the
+//! umask. It must not know about sessions or HTTP.
 
 mod names;
 
+use std::fs::Permissions;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-pub use names::{check_subdir, check_user_id};
+pub use names::{check_subdir, check_user_id, normalize_subdir};
+
+/// Folders under `data_dir` that other layers fill and nobody else may read: each user's CLI
+/// state (`sessions::agents_root`) and the installed CLI (`agent::cli::install_dir`).
+const PRIVATE_DATA_DIRS: &[&str] = &["agents", "cli"];
 
 /// Why a workspace could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +57,14 @@ pub struct Workspaces {
 }
 
 impl Workspaces {
-    /// Opens (creating if needed) the base directory; its own path is trusted configuration.
-    pub fn new(base_dir: &Path, auto_create: bool) -> io::Result<Self> {
-        std::fs::create_dir_all(base_dir)?;
+    /// Creates (if needed) `data_dir` and its private folders, then opens (creating if needed) the
+    /// base directory; both paths are trusted configuration. Directories that already exist keep
+    /// their mode.
+    pub fn new(data_dir: &Path, base_dir: &Path, auto_create: bool) -> io::Result<Self> {
+        for dir in PRIVATE_DATA_DIRS {
+            create_private_dir(&data_dir.join(dir))?;
+        }
+        create_private_dir(base_dir)?;
         Ok(Workspaces {
             base: std::fs::canonicalize(base_dir)?,
             auto_create,
@@ -74,11 +86,17 @@ impl Workspaces {
             return Err(WorkspaceError::Missing(components.join("/")));
         }
         for component in missing {
-            match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => {}
+            let created = match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o700)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
                 Err(errno) => return Err(self.io_error(&components, errno)),
-            }
+            };
             dir = self.open_component(&dir, component, &components)?;
+            if created {
+                // mkdirat's mode passes through the umask; set it on the opened directory.
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700))
+                    .map_err(|errno| self.io_error(&components, errno))?;
+            }
         }
         Ok(components.iter().fold(self.base.clone(), |path, c| path.join(c)))
     }
@@ -171,6 +189,23 @@ impl Workspaces {
             source: errno.into(),
         }
     }
+}
+
+/// Creates `dir` and its missing ancestors with mode 0700, whatever the umask; leaves existing
+/// directories as they are.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::metadata(d).is_err())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(0o700))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn dir_flags() -> OFlags {

@@ -27,12 +27,23 @@ pub fn check_user_id(user_id: &str) -> Result<(), WorkspaceError> {
     Ok(())
 }
 
-/// Checks a subdirectory and returns its components.
+/// The canonical form of a subdirectory: one trailing slash dropped (the seed accepted
+/// `"my-project/"` for `"my-project"`). Anything else is left for `check_subdir` to judge, so
+/// `"/"`, `"a//"` and `""` stay as they are (and are refused).
+pub fn normalize_subdir(subdir: &str) -> &str {
+    match subdir.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() && !rest.ends_with('/') => rest,
+        _ => subdir,
+    }
+}
+
+/// Checks a subdirectory and returns the components of its canonical form.
 pub fn check_subdir(subdir: &str) -> Result<Vec<&str>, WorkspaceError> {
     let reject = |why: String| Err(WorkspaceError::InvalidSubdir(why));
     if subdir.is_empty() {
         return reject("subdir must not be empty (omit it to use the user's root)".into());
     }
+    let subdir = normalize_subdir(subdir);
     if subdir.chars().count() > SUBDIR_MAX_CHARS {
         return reject(format!("subdir must be at most {SUBDIR_MAX_CHARS} characters"));
     }
@@ -51,7 +62,9 @@ pub fn check_subdir(subdir: &str) -> Result<Vec<&str>, WorkspaceError> {
     let components: Vec<&str> = subdir.split('/').collect();
     for component in &components {
         if component.is_empty() {
-            return reject("subdir must not contain empty components ('//' or a trailing '/')".into());
+            return reject(
+                "subdir must not contain empty components ('//' or more than one trailing '/')".into(),
+            );
         }
         if *component == "." || *component == ".." {
             return reject(format!("subdir must not contain '{component}' components"));
@@ -97,8 +110,22 @@ mod tests {
     #[test]
     fn good_subdirs_pass() {
         for dir in ["p", "my-project", "a/b/c", "项目 一", "v1.2_x", "...x"] {
-            check_subdir(dir).unwrap();
+            assert_eq!(check_subdir(dir).unwrap().join("/"), dir);
+            assert_eq!(normalize_subdir(dir), dir);
         }
+    }
+
+    #[test]
+    fn one_trailing_slash_names_the_same_directory() {
+        for (dir, canonical) in [("my-project/", "my-project"), ("a/b/", "a/b"), ("项目/", "项目")] {
+            assert_eq!(normalize_subdir(dir), canonical);
+            assert_eq!(check_subdir(dir).unwrap().join("/"), canonical);
+        }
+        for dir in ["/", "a//", "", "//", "a//b/", "/a/", "../", "./"] {
+            assert!(check_subdir(dir).is_err(), "{dir:?} should be refused");
+        }
+        assert_eq!(normalize_subdir("a//"), "a//");
+        assert_eq!(normalize_subdir("/"), "/");
     }
 
     #[test]
@@ -112,7 +139,9 @@ mod tests {
             "/etc",
             "//etc",
             "a//b",
-            "a/",
+            "a//",
+            "/",
+            "",
             "..\\x",
             "%2e%2e/x",
             "%2E%2E",

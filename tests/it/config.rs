@@ -39,8 +39,14 @@ fn defaults_then_yaml_then_environment() {
     assert_eq!(config["api"]["port"], 8000);
     assert_eq!(config["api"]["host"], "127.0.0.1");
     assert_eq!(config["session"]["storage"], "sqlite");
+    assert_eq!(config["defaults"]["turn_timeout"], 1800);
+    assert_eq!(config["defaults"]["turn_silence_timeout"], 600);
+    assert_eq!(config["api"]["prewarm"], true);
+    assert_eq!(config["api"]["max_concurrent_starts"], 2);
+    assert_eq!(config["api"]["stream_buffer_events"], 4096);
 
-    let yaml = "api:\n  port: 9100\n  max_sessions: 9\nsession:\n  storage: memory\n";
+    let yaml =
+        "api:\n  port: 9100\n  max_sessions: 9\n  max_concurrent_starts: 5\nsession:\n  storage: memory\n";
     let (ok, out, err) = print_config(yaml, &[]);
     assert!(ok, "{err}");
     let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
@@ -54,6 +60,9 @@ fn defaults_then_yaml_then_environment() {
         ("CLAUDE_AGENT_IDLE_SESSION_TIMEOUT", "42"),
         ("CLAUDE_AGENT_API__MAX_LIVE_AGENTS", "3"),
         ("CLAUDE_AGENT_DEFAULTS__PERMISSION_MODE", "acceptEdits"),
+        ("CLAUDE_AGENT_DEFAULTS__TURN_TIMEOUT", "0"),
+        ("CLAUDE_AGENT_API__PREWARM", "false"),
+        ("CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS", "64"),
     ];
     let (ok, out, err) = print_config(yaml, &env);
     assert!(ok, "{err}");
@@ -68,6 +77,10 @@ fn defaults_then_yaml_then_environment() {
     assert_eq!(config["api"]["idle_session_timeout"], 42);
     assert_eq!(config["api"]["max_live_agents"], 3);
     assert_eq!(config["defaults"]["permission_mode"], "acceptEdits");
+    assert_eq!(config["defaults"]["turn_timeout"], 0);
+    assert_eq!(config["api"]["prewarm"], false);
+    assert_eq!(config["api"]["stream_buffer_events"], 64);
+    assert_eq!(config["api"]["max_concurrent_starts"], 5, "from the YAML");
 }
 
 #[test]
@@ -96,6 +109,16 @@ fn bad_config_fails_at_startup_naming_the_key() {
             "defaults:\n  permission_mode: yolo\n",
             vec![],
             "defaults.permission_mode",
+        ),
+        (
+            "api:\n  cors_origins: [\"https://ok.example\", \"https://app.example/\"]\n",
+            vec![],
+            "entry \"https://app.example/\" has a path",
+        ),
+        (
+            "",
+            vec![("CLAUDE_AGENT_API__MAX_CONCURRENT_STARTS", "0")],
+            "api.max_concurrent_starts",
         ),
     ] {
         let (ok, _, err) = print_config(yaml, &env);

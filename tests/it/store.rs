@@ -43,6 +43,7 @@ macro_rules! conformance {
             conformance!(@stories $open;
                 round_trips_a_record 0, lists_by_user_oldest_first 0, touch_counts_turns 0,
                 delete_is_final 0, expired_records_vanish_and_purge 3600, ttl_zero_never_expires 0,
+                deleting_an_expired_record_finds_nothing 3600, mcp_servers_are_never_kept 0,
                 limits_hold_under_concurrency 0, duplicate_ids_are_refused 0);
         }
     )*};
@@ -131,8 +132,14 @@ async fn touch_counts_turns(store: Arc<dyn SessionStore>) {
 async fn delete_is_final(store: Arc<dyn SessionStore>) {
     let r = record("erin");
     store.insert(&r, ROOMY).await.unwrap();
-    assert!(store.delete(r.session_id).await.unwrap());
-    assert!(!store.delete(r.session_id).await.unwrap());
+    let deleted = store.delete(r.session_id).await.unwrap().expect("deleted");
+    assert_eq!(
+        (deleted.session_id, deleted.user_id.as_str()),
+        (r.session_id, "erin")
+    );
+    assert_eq!(deleted.cwd, r.cwd);
+    assert!(store.delete(r.session_id).await.unwrap().is_none());
+    assert!(store.delete(SessionId::new()).await.unwrap().is_none());
     assert!(store.get(r.session_id).await.unwrap().is_none());
     // A late update (a turn finishing after the delete) must not resurrect it.
     assert!(!store.touch(r.session_id, Utc::now(), 1).await.unwrap());
@@ -160,6 +167,51 @@ async fn expired_records_vanish_and_purge(store: Arc<dyn SessionStore>) {
     );
     assert!(store.purge_expired().await.unwrap().is_empty());
     assert!(store.get(fresh.session_id).await.unwrap().is_some());
+}
+
+async fn deleting_an_expired_record_finds_nothing(store: Arc<dyn SessionStore>) {
+    // Expired is invisible to delete too (the API answers 404, as for a read); the record stays
+    // for the purge, which returns it so that its transcript is removed.
+    let mut stale = record("fred");
+    stale.last_active_at = Utc::now() - Duration::hours(2);
+    store.insert(&stale, ROOMY).await.unwrap();
+    assert!(store.delete(stale.session_id).await.unwrap().is_none());
+    let purged = store.purge_expired().await.unwrap();
+    assert_eq!(
+        purged.iter().map(|r| r.session_id).collect::<Vec<_>>(),
+        vec![stale.session_id]
+    );
+}
+
+/// A record whose options name an MCP server with credentials in `env` and `headers`.
+fn record_with_mcp_secret(user: &str) -> SessionRecord {
+    let mut r = record(user);
+    r.options.mcp_servers = json!({
+        "files": {"command": "npx", "args": ["-y", "x"], "env": {"API_TOKEN": MCP_SECRET}},
+        "remote": {"type": "http", "url": "https://mcp.example", "headers": {"Authorization": MCP_SECRET}},
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    r.options.model = Some("claude-x".into());
+    r
+}
+
+const MCP_SECRET: &str = "tok-7f3a9c1e-mcp-secret";
+
+async fn mcp_servers_are_never_kept(store: Arc<dyn SessionStore>) {
+    let original = record_with_mcp_secret("gabe");
+    store.insert(&original, ROOMY).await.unwrap();
+    let expected = AgentOptions {
+        mcp_servers: Default::default(),
+        ..original.options.clone()
+    };
+    let found = store.get(original.session_id).await.unwrap().unwrap();
+    assert_eq!(found.options, expected, "everything but the MCP servers");
+    let listed = store.list(Some("gabe")).await.unwrap();
+    assert_eq!(listed[0].options, expected);
+    let deleted = store.delete(original.session_id).await.unwrap().unwrap();
+    assert_eq!(deleted.options, expected);
 }
 
 async fn ttl_zero_never_expires(store: Arc<dyn SessionStore>) {
@@ -230,4 +282,187 @@ async fn duplicate_ids_are_refused(store: Arc<dyn SessionStore>) {
         Err(StoreError::Duplicate(_))
     ));
     assert_eq!(store.count().await.unwrap(), 1);
+}
+
+/// Stories about the SQLite file itself: what a row looks like at rest and what old rows hold.
+mod sqlite_file {
+    use std::path::Path;
+
+    use claude_agent_http::domain::SessionId;
+    use claude_agent_http::store::{SessionStore, SqliteStore, StoreError};
+    use sqlx::SqlitePool;
+
+    use super::{MCP_SECRET, ROOMY, record, record_with_mcp_secret};
+
+    async fn raw(path: &Path) -> SqlitePool {
+        SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap()
+    }
+
+    /// Every byte of the database and its `-wal` and `-shm`.
+    fn database_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            files.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+        files
+    }
+
+    #[tokio::test]
+    async fn no_mcp_secret_reaches_the_database_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let store = SqliteStore::open(&path, 0).await.unwrap();
+        let r = record_with_mcp_secret("hana");
+        store.insert(&r, ROOMY).await.unwrap();
+        store.touch(r.session_id, chrono::Utc::now(), 1).await.unwrap();
+        let found = store.get(r.session_id).await.unwrap().expect("the row loads");
+        assert!(found.options.mcp_servers.is_empty());
+        assert_eq!(found.options.model.as_deref(), Some("claude-x"));
+        let files = database_bytes(dir.path());
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        assert!(
+            names.contains(&"sessions.db-wal"),
+            "WAL mode keeps a -wal file: {names:?}"
+        );
+        let contains =
+            |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(
+            files.iter().any(|(_, bytes)| contains(bytes, "claude-x")),
+            "the scan sees the row (its model) somewhere"
+        );
+        for (name, bytes) in &files {
+            assert!(!contains(bytes, MCP_SECRET), "the MCP secret is in {name}");
+            assert!(!contains(bytes, "mcp.example"), "an MCP server is in {name}");
+        }
+    }
+
+    /// The options column exactly as the service wrote it before rows were versioned: the serde
+    /// form of `AgentOptions`, MCP servers and all.
+    const OLD_OPTIONS: &str = r#"{"system_prompt":"Be brief.","append_system_prompt":null,"permission_mode":"acceptEdits","allowed_tools":["Bash","Read"],"setting_sources":["user","project"],"model":"claude-x","max_turns":20,"max_budget_usd":1.5,"mcp_servers":{"files":{"type":"stdio","command":"npx","args":["-y","x"],"env":{"API_TOKEN":"old-secret-77"}}},"plugins":["/opt/plugins/one",{"type":"local","path":"/opt/plugins/two"}]}"#;
+
+    async fn insert_old_row(pool: &SqlitePool, id: SessionId) {
+        sqlx::query(
+            "INSERT INTO sessions (session_id, user_id, subdir, cwd, options, metadata, created_at, \
+             last_active_at, message_count) VALUES (?1, 'ida', 'proj', '/srv/users/ida/proj', ?2, \
+             '{\"k\":\"v\"}', ?3, ?3, 4)",
+        )
+        .bind(id.to_string())
+        .bind(OLD_OPTIONS)
+        .bind(chrono::Utc::now().timestamp_micros())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_versioning_still_load_and_lose_their_mcp_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let store = SqliteStore::open(&path, 0).await.unwrap();
+        let pool = raw(&path).await;
+        let id = SessionId::new();
+        insert_old_row(&pool, id).await;
+
+        let found = store.get(id).await.unwrap().expect("an old row loads");
+        let options = &found.options;
+        assert_eq!(options.system_prompt.as_deref(), Some("Be brief."));
+        assert_eq!(options.permission_mode.as_str(), "acceptEdits");
+        assert_eq!(options.allowed_tools, vec!["Bash", "Read"]);
+        assert_eq!(
+            options.setting_sources,
+            Some(vec!["user".into(), "project".into()])
+        );
+        assert_eq!((options.max_turns, options.max_budget_usd), (Some(20), Some(1.5)));
+        assert_eq!(options.plugins.len(), 2);
+        assert_eq!(options.plugins[1].path(), Path::new("/opt/plugins/two"));
+        assert!(
+            options.mcp_servers.is_empty(),
+            "MCP servers come from the config, not the row"
+        );
+        assert_eq!(
+            (found.message_count, found.metadata["k"].as_str()),
+            (4, Some("v"))
+        );
+
+        // An upgrade scrubs the MCP servers out of such rows: run that migration again.
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 2")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let upgraded = SqliteStore::open(&path, 0).await.unwrap();
+        let column: String = sqlx::query_scalar("SELECT options FROM sessions WHERE session_id = ?1")
+            .bind(id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(
+            !column.contains("old-secret-77") && !column.contains("mcp_servers"),
+            "{column}"
+        );
+        assert_eq!(upgraded.get(id).await.unwrap().unwrap().options, found.options);
+    }
+
+    #[tokio::test]
+    async fn impossible_numbers_are_corrupt_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let store = SqliteStore::open(&path, 0).await.unwrap();
+        let pool = raw(&path).await;
+        for (update, value) in [
+            ("UPDATE sessions SET message_count = ?1 WHERE session_id = ?2", -1),
+            (
+                "UPDATE sessions SET message_count = ?1 WHERE session_id = ?2",
+                i64::MIN,
+            ),
+            (
+                "UPDATE sessions SET created_at = ?1 WHERE session_id = ?2",
+                i64::MAX,
+            ),
+            (
+                "UPDATE sessions SET last_active_at = ?1 WHERE session_id = ?2",
+                i64::MAX,
+            ),
+        ] {
+            let r = record("jo");
+            store.insert(&r, ROOMY).await.unwrap();
+            sqlx::query(update)
+                .bind(value)
+                .bind(r.session_id.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+            let read = store.get(r.session_id).await;
+            assert!(
+                matches!(read, Err(StoreError::Corrupt(_))),
+                "{update} ({value}): {read:?}"
+            );
+            assert!(matches!(
+                store.list(Some("jo")).await,
+                Err(StoreError::Corrupt(_))
+            ));
+            sqlx::query("DELETE FROM sessions").execute(&pool).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn options_from_a_newer_version_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let store = SqliteStore::open(&path, 0).await.unwrap();
+        let r = record("kai");
+        store.insert(&r, ROOMY).await.unwrap();
+        sqlx::query("UPDATE sessions SET options = '{\"v\":99}'")
+            .execute(&raw(&path).await)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.get(r.session_id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

@@ -7,6 +7,14 @@ use serde_json::json;
 
 use crate::support::{TestServer, expect_json};
 
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Everything under the users folder, to prove a rejection wrote nothing.
 fn tree(server: &TestServer) -> Vec<String> {
     fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
@@ -37,7 +45,9 @@ async fn hostile_subdirs_are_refused_with_a_reason_and_leave_nothing() {
         "/etc",
         "//etc",
         "a//b",
-        "a/",
+        "a//",
+        "/",
+        "",
         "..\\bob",
         "a\\b",
         "%2e%2e/bob",
@@ -124,6 +134,64 @@ async fn unicode_project_names_work_and_directories_are_private() {
         let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{} has mode {mode:o}", dir.display());
     }
+}
+
+#[tokio::test]
+async fn one_trailing_slash_names_the_same_directory() {
+    let server = TestServer::start("").await;
+    let alice = server.user("alice");
+    let slashed = alice.create_session(Some("proj/")).await;
+    let plain = alice.create_session(Some("proj")).await;
+    let nested = alice.create_session(Some("proj/sub/")).await;
+    assert_eq!(slashed["cwd"], plain["cwd"]);
+    assert_eq!(slashed["subdir"], "proj", "stored without the slash");
+    assert!(
+        nested["cwd"].as_str().unwrap().ends_with("alice/proj/sub"),
+        "{nested}"
+    );
+    assert_eq!(nested["subdir"], "proj/sub");
+    let id = slashed["session_id"].as_str().unwrap();
+    let read = expect_json(
+        server.get(&format!("/api/v1/sessions/{id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!((&read["subdir"], &read["cwd"]), (&plain["subdir"], &plain["cwd"]));
+}
+
+/// The server's files and folders are the service user's alone, even under a permissive umask.
+#[tokio::test]
+async fn the_data_folder_is_private_whatever_the_umask() {
+    use rustix::fs::Mode;
+    // The server inherits the umask at spawn; each test runs in its own process under nextest.
+    let previous = rustix::process::umask(Mode::empty());
+    let server = TestServer::start("").await;
+    rustix::process::umask(previous);
+    server.user("alice").create_session(Some("proj/deep")).await;
+    let data = server.data_dir();
+    for dir in [
+        data.clone(),
+        data.join("users"),
+        data.join("agents"),
+        data.join("cli"),
+        data.join("users/alice"),
+        data.join("users/alice/proj"),
+        data.join("users/alice/proj/deep"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{} has mode {:o}", dir.display(), mode(&dir));
+    }
+    for file in ["sessions.db", "sessions.db-wal", "sessions.db-shm"] {
+        let path = data.join(file);
+        assert_eq!(mode(&path), 0o600, "{file} has mode {:o}", mode(&path));
+    }
+
+    // A database left readable by an older version is made private at startup.
+    let mut server = server;
+    server.stop();
+    std::fs::set_permissions(data.join("sessions.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = server.restart().await;
+    assert_eq!(mode(&server.data_dir().join("sessions.db")), 0o600);
+    server.user("alice").create_session(None).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,159 @@
+//! The stored forms of a session's parts, private to the store: the database format is not the
+//! serde form of a domain type, so domain types can change without breaking old rows. Every field
+//! has a default, so a row written before a field existed still reads; the version says how to
+//! read the rest. Secrets are never part of a stored form.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+
+use super::StoreError;
+use crate::config::{PermissionMode, PluginSpec};
+use crate::domain::AgentOptions;
+
+/// The version of [`StoredOptions`] this code writes.
+const OPTIONS_VERSION: u32 = 1;
+
+/// `AgentOptions` at rest, as JSON in the `options` column.
+///
+/// Version 0 is a row written before rows were versioned: the serde form of `AgentOptions` of
+/// that time, which also held `mcp_servers` (ignored when read). Version 1 is the same without
+/// `mcp_servers`: MCP servers carry credentials (`env`, `headers`) and are taken from the
+/// configuration when an agent starts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct StoredOptions {
+    v: u32,
+    system_prompt: Option<String>,
+    append_system_prompt: Option<String>,
+    permission_mode: PermissionMode,
+    allowed_tools: Vec<String>,
+    setting_sources: Option<Vec<String>>,
+    model: Option<String>,
+    max_turns: Option<u32>,
+    max_budget_usd: Option<f64>,
+    plugins: Vec<PluginSpec>,
+}
+
+impl StoredOptions {
+    /// Parses the `options` column.
+    pub(super) fn parse(text: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("options: {e}")))
+    }
+
+    /// The `options` column.
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("stored options serialize")
+    }
+}
+
+impl From<&AgentOptions> for StoredOptions {
+    fn from(options: &AgentOptions) -> Self {
+        // Destructured so that a new field in `AgentOptions` is a compile error here until it is
+        // given a stored form (or deliberately left out, as `mcp_servers` is).
+        let AgentOptions {
+            system_prompt,
+            append_system_prompt,
+            permission_mode,
+            allowed_tools,
+            setting_sources,
+            model,
+            max_turns,
+            max_budget_usd,
+            mcp_servers: _,
+            plugins,
+        } = options;
+        StoredOptions {
+            v: OPTIONS_VERSION,
+            system_prompt: system_prompt.clone(),
+            append_system_prompt: append_system_prompt.clone(),
+            permission_mode: *permission_mode,
+            allowed_tools: allowed_tools.clone(),
+            setting_sources: setting_sources.clone(),
+            model: model.clone(),
+            max_turns: *max_turns,
+            max_budget_usd: *max_budget_usd,
+            plugins: plugins.clone(),
+        }
+    }
+}
+
+impl TryFrom<StoredOptions> for AgentOptions {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredOptions) -> Result<Self, StoreError> {
+        if stored.v > OPTIONS_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "options version {} is newer than this service reads ({OPTIONS_VERSION})",
+                stored.v
+            )));
+        }
+        Ok(AgentOptions {
+            system_prompt: stored.system_prompt,
+            append_system_prompt: stored.append_system_prompt,
+            permission_mode: stored.permission_mode,
+            allowed_tools: stored.allowed_tools,
+            setting_sources: stored.setting_sources,
+            model: stored.model,
+            max_turns: stored.max_turns,
+            max_budget_usd: stored.max_budget_usd,
+            mcp_servers: Map::new(),
+            plugins: stored.plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn options_with_mcp() -> AgentOptions {
+        let mut options = AgentOptions::from_config(&Config::default());
+        options.model = Some("claude-x".into());
+        options.mcp_servers = json!({"s": {"command": "x", "env": {"TOKEN": "tok-123"}}})
+            .as_object()
+            .unwrap()
+            .clone();
+        options
+    }
+
+    #[test]
+    fn round_trips_everything_but_mcp_servers() {
+        let options = options_with_mcp();
+        let text = StoredOptions::from(&options).to_json();
+        assert!(!text.contains("mcp") && !text.contains("tok-123"), "{text}");
+        assert!(text.contains(r#""v":1"#), "{text}");
+        let read = AgentOptions::try_from(StoredOptions::parse(&text).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            AgentOptions {
+                mcp_servers: Map::new(),
+                ..options
+            }
+        );
+    }
+
+    #[test]
+    fn missing_fields_take_defaults_and_unknown_ones_are_ignored() {
+        let read = AgentOptions::try_from(StoredOptions::parse(r#"{"v":1,"later":true}"#).unwrap()).unwrap();
+        assert_eq!(read.permission_mode, PermissionMode::Default);
+        assert!(read.allowed_tools.is_empty() && read.plugins.is_empty());
+    }
+
+    #[test]
+    fn a_newer_version_or_a_bad_value_is_corrupt() {
+        for text in [
+            r#"{"v":2}"#,
+            r#"{"permission_mode":"yolo"}"#,
+            r#"{"max_turns":-1}"#,
+            "null",
+            "42",
+            "{",
+        ] {
+            let read = StoredOptions::parse(text).and_then(AgentOptions::try_from);
+            assert!(matches!(read, Err(StoreError::Corrupt(_))), "{text}: {read:?}");
+        }
+    }
+}
