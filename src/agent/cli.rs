@@ -161,6 +161,20 @@ pub fn version(cli: &Path) -> Option<String> {
     out.split_whitespace().next().map(str::to_string)
 }
 
+/// Whether a CLI version string (`2.1.332`, maybe with a suffix) is at least `min`.
+pub fn version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    found >= min
+}
+
 /// Logs which CLI is used, warns when it is not the tested version, and returns its version.
 pub fn log_version(cli: &Path) -> Option<String> {
     let found = version(cli);

@@ -88,8 +88,10 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     /// The model API's address and credentials.
     pub credentials: Vec<(String, String)>,
-    /// Carry the session marker (only when no cgroup holds the session).
+    /// Carry the session marker.
     pub marker: bool,
+    /// The CLI's version, if known (some variables mean something else to older CLIs).
+    pub cli_version: Option<String>,
 }
 
 /// A program with its arguments and complete environment.
@@ -121,8 +123,15 @@ impl SpawnSpec {
         set("HOME", self.home.display().to_string());
         set("PWD", self.cwd.display().to_string());
         set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into());
-        // After a restart the CLI must not silently re-run a turn that had side effects.
-        set("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "0".into());
+        // After a restart the CLI must not silently re-run a turn that had side effects. CLIs
+        // before 2.1.221 read any value as "yes", so they must not see the variable at all.
+        if self
+            .cli_version
+            .as_deref()
+            .is_some_and(|v| super::cli::version_at_least(v, (2, 1, 221)))
+        {
+            set("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "0".into());
+        }
         if self.marker {
             set(SESSION_MARKER, self.session.to_string());
         }
@@ -216,6 +225,7 @@ mod tests {
             ],
             credentials: vec![("ANTHROPIC_API_KEY".into(), "k".into())],
             marker: false,
+            cli_version: Some("2.1.332".into()),
         }
     }
 
@@ -255,5 +265,9 @@ mod tests {
         assert_eq!(get("ANTHROPIC_API_KEY"), vec!["k"]);
         assert_eq!(get("CLAUDE_CODE_RESUME_INTERRUPTED_TURN"), vec!["0"]);
         assert!(get(SESSION_MARKER).is_empty());
+        let mut old = spec(AgentOptions::from_config(&crate::config::Config::default()));
+        old.cli_version = Some("2.1.197".into());
+        let old = old.command_line();
+        assert!(!old.env.iter().any(|(k, _)| k == "CLAUDE_CODE_RESUME_INTERRUPTED_TURN"));
     }
 }

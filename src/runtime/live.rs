@@ -378,8 +378,8 @@ impl LiveSession {
                 ));
             }
         }
-        let cli = match self.shared.cli_state() {
-            CliState::Ready { path, .. } => path,
+        let (cli, version) = match self.shared.cli_state() {
+            CliState::Ready { path, version } => (path, version),
             CliState::Installing => {
                 return Err(StartFailure::Unavailable(format!(
                     "the Claude Code CLI {} is being installed; try again shortly",
@@ -396,7 +396,7 @@ impl LiveSession {
         let shared = self.shared.clone();
         let record = self.record.clone();
         // Directory checks, the MCP file and the cgroup are file system work: off the workers.
-        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli))
+        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version))
             .await
             .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
         let (spec, cwd_dir, cgroup) = prepared.map_err(StartFailure::Unavailable)?;
@@ -735,6 +735,7 @@ pub(super) fn prepare(
     shared: &Shared,
     record: &SessionRecord,
     cli: std::path::PathBuf,
+    cli_version: Option<String>,
 ) -> Result<
     (
         SpawnSpec,
@@ -786,7 +787,9 @@ pub(super) fn prepare(
         mcp_config,
         env,
         credentials: settings.inherited.credentials.clone(),
-        marker: cgroup.is_none(),
+        // Always set: with a cgroup it only helps people (and tests) find a session's processes.
+        marker: true,
+        cli_version,
     };
     Ok((spec, cwd_dir, cgroup))
 }

@@ -458,8 +458,9 @@ impl Shared {
         &self,
         record: &SessionRecord,
         cli: PathBuf,
+        version: Option<String>,
     ) -> Result<(SpawnSpec, std::os::fd::OwnedFd, Option<SessionCgroup>), String> {
-        live::prepare(self, record, cli)
+        live::prepare(self, record, cli, version)
     }
 
     async fn memory_bytes(&self) -> u64 {
