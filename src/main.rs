@@ -45,13 +45,14 @@ fn main() -> ExitCode {
     let options = LoadOptions {
         allow_ephemeral_port: matches!(&command, Command::Serve { port_file: Some(_) }),
     };
-    let (config, warnings) = match Config::load_with_warnings(cli.config.as_deref(), std::env::vars(), options) {
-        Ok(loaded) => (loaded.config, loaded.warnings),
-        Err(e) => {
-            eprintln!("claude-agent-http: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (config, warnings) =
+        match Config::load_with_warnings(cli.config.as_deref(), std::env::vars(), options) {
+            Ok(loaded) => (loaded.config, loaded.warnings),
+            Err(e) => {
+                eprintln!("claude-agent-http: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if !matches!(command, Command::Serve { .. }) {
         for warning in &warnings {
             eprintln!("claude-agent-http: warning: {warning}");

@@ -268,6 +268,10 @@ mod tests {
         let mut old = spec(AgentOptions::from_config(&crate::config::Config::default()));
         old.cli_version = Some("2.1.197".into());
         let old = old.command_line();
-        assert!(!old.env.iter().any(|(k, _)| k == "CLAUDE_CODE_RESUME_INTERRUPTED_TURN"));
+        assert!(
+            !old.env
+                .iter()
+                .any(|(k, _)| k == "CLAUDE_CODE_RESUME_INTERRUPTED_TURN")
+        );
     }
 }

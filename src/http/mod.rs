@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderName, HeaderValue, Method, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -22,6 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
 use crate::sessions::Sessions;
+use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -61,6 +65,15 @@ pub struct ApiDoc;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The longest request target (path and query) answered; longer ones get 414 `uri_too_long`.
+/// hyper itself refuses targets over 64 KiB before any of our code runs (414, empty body).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The most header bytes (names, values and separators) answered; more get 431 `headers_too_large`.
+/// hyper itself refuses more than 100 headers, or a head over about 400 KiB, before any of our code
+/// runs (431, empty body).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// The whole HTTP application.
 pub fn router(state: AppState, config: &Config) -> Router {
     let api = Router::new()
@@ -98,12 +111,53 @@ pub fn router(state: AppState, config: &Config) -> Router {
         let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
         tracing::info_span!("request", request.id = %request_id, method = %request.method(), http.route = %route)
     });
+    let max_body = config.api.max_body_bytes;
+    // Layers wrap every route and both fallbacks (so these must come first); the last is outermost.
     api.merge(docs)
-        .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Extractors read at most this much, declared or not (chunked bodies)...
+        .layer(DefaultBodyLimit::max(max_body))
+        // ...and a declared length over it is refused before any handler runs.
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(middleware::from_fn(check_request_head))
         .layer(cors(&config.api.cors_origins))
+        .layer(middleware::from_fn(error::error_bodies))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// 404 for a path no route serves.
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::route_not_found(&method, &uri)
+}
+
+/// 405 for a method a known path does not serve (axum adds the `Allow` header).
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(&method, &uri)
+}
+
+/// Refuses an over-long request target (414) or over-large headers (431) with the JSON error body.
+/// hyper refuses the extreme cases itself, earlier and without a body; these limits sit below hyper's.
+async fn check_request_head(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::uri_too_long(MAX_URI_BYTES).into_response();
+    }
+    // As on the wire: "name: value\r\n".
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::headers_too_large(MAX_HEADER_BYTES).into_response();
+    }
+    next.run(request).await
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

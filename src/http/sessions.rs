@@ -2,8 +2,9 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -67,14 +68,53 @@ impl From<SessionRecord> for SessionResponse {
 
 /// `GET /api/v1/sessions` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Whose sessions to list; without it, every session's.
     pub user_id: Option<String>,
 }
 
-/// Parses a path id; anything that is not a UUID is simply not a session.
-pub(super) fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+/// Parses a session id (from a path or a body); anything that is not a UUID is simply not a
+/// session: 404 `session_not_found`.
+pub fn parse_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).ok_or_else(|| ApiError::session_not_found(text))
+}
+
+/// The `{session_id}` path parameter, parsed by [`parse_id`].
+#[derive(Debug, Clone, Copy)]
+pub struct SessionIdPath(pub SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await?;
+        parse_id(&text).map(SessionIdPath)
+    }
+}
+
+/// Documents the parameter as the handlers' `params(SessionIdPath)`.
+impl utoipa::IntoParams for SessionIdPath {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{KnownFormat, ObjectBuilder, Required, SchemaFormat, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)));
+        vec![
+            ParameterBuilder::new()
+                .name("session_id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(
+                    "The session's id; anything that is not one is 404 session_not_found",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
 }
 
 /// Create a session (starts no process and calls no model).
@@ -117,35 +157,32 @@ pub async fn list_sessions(
 }
 
 /// Get a session.
-#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", tag = "sessions", params(SessionIdPath),
     responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
 pub async fn get_session(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    let id = parse_id(&session_id)?;
     Ok(Json(state.sessions.get(id).await?.into()))
 }
 
 /// Resume a session: marks it active again.
-#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/resume", tag = "sessions",
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/resume", tag = "sessions", params(SessionIdPath),
     responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
 pub async fn resume_session(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    let id = parse_id(&session_id)?;
     Ok(Json(state.sessions.resume(id).await?.into()))
 }
 
 /// Delete a session for good (it can never be resumed).
-#[utoipa::path(delete, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+#[utoipa::path(delete, path = "/api/v1/sessions/{session_id}", tag = "sessions", params(SessionIdPath),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_session(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    SessionIdPath(id): SessionIdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&session_id)?;
     state.sessions.delete(id).await?;
     tracing::info!(session.id = %id, "session deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -161,13 +198,12 @@ pub struct InterruptResponse {
 }
 
 /// Stop the session's running turn, including a running tool; the session stays usable.
-#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/interrupt", tag = "sessions",
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/interrupt", tag = "sessions", params(SessionIdPath),
     responses((status = 200, body = InterruptResponse), (status = 404, body = ErrorBody)))]
 pub async fn interrupt_session(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<InterruptResponse>, ApiError> {
-    let id = parse_id(&session_id)?;
     let interrupted = state.sessions.interrupt(id).await?;
     Ok(Json(InterruptResponse {
         session_id: id.to_string(),

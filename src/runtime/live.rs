@@ -404,8 +404,12 @@ impl LiveSession {
             tracing::debug!(session.id = %self.id(), "resuming the agent's transcript");
         }
         // Spawned from this task (a worker thread), never from a blocking thread: see launch.rs.
-        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup)
-            .map_err(|e| StartFailure::Unavailable(e.to_string()))
+        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup).map_err(|e| {
+            tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
+            StartFailure::Unavailable(
+                "the Claude Code CLI could not be started; the service log says why".into(),
+            )
+        })
     }
 
     async fn on_output(&mut self, output: Option<Output>) {
@@ -753,7 +757,10 @@ pub(super) fn prepare(
     let cwd_dir = shared
         .workspaces
         .open(&record.user_id, record.subdir.as_deref())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            tracing::error!(session.id = %record.session_id, error = %e, "cannot open the session's working directory");
+            "the session's working directory cannot be opened".to_string()
+        })?;
     let mcp_config = if settings.mcp_servers.is_empty() {
         None
     } else {

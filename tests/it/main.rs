@@ -2,6 +2,7 @@
 
 mod chat;
 mod config;
+mod http_edges;
 mod lifecycle;
 mod options;
 mod sessions_api;
