@@ -4,6 +4,7 @@ mod chat;
 mod config;
 mod lifecycle;
 mod options;
+mod runtime;
 mod sessions_api;
 mod store;
 mod support;
