@@ -5,18 +5,16 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::agent::{AgentServer, delta_text};
+use claude_agent_http::agent::cli;
+
+use crate::support::agent::{AgentServer, TEST_CLI_VARIABLE, cli_path, delta_text};
 use crate::support::expect_json;
 
 #[tokio::test]
 async fn sync_and_stream_echo_and_the_count_advances() {
     let app = AgentServer::start("").await;
     let (id, _) = app.session("alice").await;
-    let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();
-    assert_eq!(
-        health["in_memory_clients"], 0,
-        "creating a session starts no process"
-    );
+    // (Its agent may already be starting: runtime::a_new_sessions_agent_starts_before_its_first_message.)
     assert_eq!(app.model.requests(), 0, "creating a session calls no model");
 
     let answer = app.chat_ok(&id, "hello there").await;
@@ -51,8 +49,14 @@ async fn sync_and_stream_echo_and_the_count_advances() {
     let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();
     assert_eq!(health["in_memory_clients"], 1);
     assert_eq!(health["agent_cli"]["status"], "ready");
+    // The pinned CLI, whatever `claude` the developer has on PATH (unless chosen on purpose).
+    let cli = tokio::task::spawn_blocking(cli_path).await.unwrap();
+    let version = cli::version(&cli).expect("the test CLI answers --version");
+    if std::env::var_os(TEST_CLI_VARIABLE).is_none() {
+        assert_eq!(version, cli::TESTED_CLI_VERSION, "{}", cli.display());
+    }
     assert_eq!(
-        health["agent_cli"]["version"], "2.1.197",
+        health["agent_cli"]["version"], version,
         "the version is known once the CLI answered"
     );
 }
@@ -325,11 +329,12 @@ async fn a_fresh_server_installs_the_pinned_cli_itself_while_it_already_serves()
     );
     let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();
     assert_eq!(health["agent_cli"]["status"], "ready", "{health}");
-    assert_eq!(health["agent_cli"]["version"], "2.1.197", "{health}");
+    let pinned = cli::TESTED_CLI_VERSION;
+    assert_eq!(health["agent_cli"]["version"], pinned, "{health}");
     let log = app.server.log();
     assert!(
-        log.contains("installing @anthropic-ai/claude-code@2.1.197"),
+        log.contains(&format!("installing {}@{pinned}", cli::CLI_PACKAGE)),
         "{log}"
     );
-    assert!(log.contains("cli.version=2.1.197"), "{log}");
+    assert!(log.contains(&format!("cli.version={pinned}")), "{log}");
 }

@@ -7,26 +7,23 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::agent::{AgentServer, cmdline, eventually, session_processes, sleeps, wait_no_processes};
-use crate::support::expect_json;
+use crate::support::{expect_json, procs};
 
 #[tokio::test]
 async fn interrupt_stops_a_running_tool_and_the_session_stays_usable() {
     let app = AgentServer::start("").await;
     let (id, _) = app.session("alice").await;
     let stream = app.stream_a_running_sleep(&id).await;
-    let asked = Instant::now();
     let answer = app.interrupt(&id).await;
     assert_eq!(answer["interrupted"], true);
-    let events = stream.collect().await;
+    // The 60 s sleep must not be waited for; how quickly the turn ends under load is not the point.
+    let events = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+        .await
+        .expect("the interrupted turn ended");
     let last = events.last().unwrap();
     assert_eq!(last.data["type"], "error", "{events:?}");
     assert_eq!(last.data["code"], "interrupted");
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "interrupt took {:?}",
-        asked.elapsed()
-    );
-    eventually("sleep to be gone", Duration::from_secs(1), || {
+    eventually("sleep to be gone", Duration::from_secs(10), || {
         sleeps(&id).is_empty()
     })
     .await;
@@ -194,7 +191,7 @@ async fn shutdown_leaves_no_agent_or_tool_process_behind() {
             session_processes(session)
         );
     }
-    assert!(claude_agent_http::agent::tree::descendants(server_pid).is_empty());
+    assert!(procs::descendants(server_pid).is_empty());
 }
 
 #[tokio::test]
@@ -257,7 +254,7 @@ async fn after_a_hard_crash_the_next_start_kills_what_was_left_and_conversations
         sleeps(&id).is_empty()
     })
     .await;
-    assert!(!claude_agent_http::agent::tree::is_alive(orphan));
+    assert!(!procs::is_alive(orphan));
     // Any running instance sweeps such orphans (here the restarted one, or another test's server).
     let answer = app.chat_ok(&id, "recall").await;
     assert!(
@@ -272,18 +269,24 @@ async fn a_cli_killed_while_idle_is_replaced_on_the_next_message() {
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "remember me").await;
     // The CLI writes its transcript lazily (protocol reference, section 8): a CLI killed right after a
-    // turn can lose that turn. Graceful stops flush it; a kill -9 does not, so wait for the flush.
+    // turn can lose that turn, or keep only the user's half of it (then `--resume` finds a dangling
+    // user message and adds a synthetic "continue" turn). Graceful stops flush it; a kill -9 does
+    // not, so wait until the assistant's reply is on disk.
     let projects = app.server.data_dir().join("agents/alice/projects");
-    eventually("the transcript to hold the turn", Duration::from_secs(10), || {
-        std::fs::read_dir(&projects)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|dir| {
-                std::fs::read_to_string(dir.path().join(format!("{id}.jsonl")))
-                    .is_ok_and(|t| t.contains("remember me"))
-            })
-    })
+    eventually(
+        "the transcript to hold the reply",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_dir(&projects)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|dir| {
+                    std::fs::read_to_string(dir.path().join(format!("{id}.jsonl")))
+                        .is_ok_and(|t| t.contains("echo: remember me"))
+                })
+        },
+    )
     .await;
     let cli = session_processes(&id)[0];
     std::process::Command::new("kill")

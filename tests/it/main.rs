@@ -5,6 +5,7 @@ mod config;
 mod http_edges;
 mod lifecycle;
 mod options;
+mod runtime;
 mod sessions_api;
 mod store;
 mod support;

@@ -90,14 +90,70 @@ async fn the_agent_sees_only_the_allowed_environment_and_its_own_config_dir() {
     assert!(!cwd.join(".claude.json").exists() && !cwd.join("projects").exists());
 }
 
+/// A minimal MCP server (stdio, newline-delimited JSON-RPC) with one tool, `ping`, that answers
+/// `pong <$PROBE_TOKEN>`: the token proves the configured environment reached the server too.
+const PROBE_MCP_SERVER: &str = r#"
+import json, os, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    method, id = message.get("method"), message.get("id")
+    if id is None:
+        continue
+    if method == "initialize":
+        result = {"protocolVersion": message["params"]["protocolVersion"],
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "probe", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "ping", "description": "Answers pong.",
+                             "inputSchema": {"type": "object", "properties": {}}}]}
+    elif method == "tools/call":
+        result = {"content": [{"type": "text", "text": "pong " + os.environ.get("PROBE_TOKEN", "")}]}
+    else:
+        print(json.dumps({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": method}}), flush=True)
+        continue
+    print(json.dumps({"jsonrpc": "2.0", "id": id, "result": result}), flush=True)
+"#;
+
 #[tokio::test]
-async fn sessions_with_mcp_servers_and_plugins_still_chat() {
-    let plugin = tempfile::tempdir().unwrap();
+async fn configured_mcp_servers_and_plugins_reach_the_cli() {
+    let folder = tempfile::tempdir().unwrap();
+    let server = folder.path().join("probe_mcp.py");
+    std::fs::write(&server, PROBE_MCP_SERVER).unwrap();
+    // A plugin with one command: the CLI expands `/probe-plugin:hello` into the command's text.
+    let plugin = folder.path().join("probe-plugin");
+    std::fs::create_dir_all(plugin.join(".claude-plugin")).unwrap();
+    std::fs::create_dir_all(plugin.join("commands")).unwrap();
+    std::fs::write(
+        plugin.join(".claude-plugin/plugin.json"),
+        json!({"name": "probe-plugin", "version": "1.0.0", "description": "test probe"}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        plugin.join("commands/hello.md"),
+        "---\ndescription: Says the plugin's marker.\n---\nPLUGIN-MARKER-31\n",
+    )
+    .unwrap();
     let yaml = format!(
-        "mcp_servers:\n  unreachable:\n    command: /nonexistent/mcp-server\nplugins: [{}]\n",
-        plugin.path().display()
+        "  allowed_tools: [mcp__probe__ping]\nmcp_servers:\n  probe:\n    command: python3\n    args: [{}]\n    env:\n      PROBE_TOKEN: probe-token-77\nplugins: [{}]\n",
+        server.display(),
+        plugin.display()
     );
     let app = AgentServer::start(&yaml).await;
     let (id, _) = app.session("alice").await;
-    assert_eq!(app.chat_ok(&id, "still fine").await["text"], "echo: still fine");
+
+    // The agent can call the MCP server's tool, and the server saw its configured environment.
+    let answer = app.chat_ok(&id, "tool mcp__probe__ping {}").await;
+    let call = &answer["tool_calls"][0];
+    assert_eq!(call["tool"], "mcp__probe__ping", "{answer}");
+    assert_eq!(call["is_error"], false, "{answer}");
+    assert!(
+        call["result"].to_string().contains("pong probe-token-77"),
+        "{answer}"
+    );
+
+    // The plugin is loaded: the CLI knows its command and sends the command's text to the model.
+    let answer = app.chat_ok(&id, "/probe-plugin:hello").await;
+    assert!(
+        answer["text"].as_str().unwrap().contains("PLUGIN-MARKER-31"),
+        "{answer}"
+    );
 }

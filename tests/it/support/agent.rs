@@ -1,26 +1,46 @@
-//! Agent-backed servers: the real CLI (found or installed once per checkout by the service's own
-//! lookup), pointed at the model stand-in; SSE reading; inspecting a session's processes.
+//! Agent-backed servers: the real CLI (the pinned version, installed once per checkout by the
+//! service's own installer), pointed at the model stand-in; SSE reading; inspecting a session's
+//! processes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use claude_agent_http::agent::{cli, tree};
+use claude_agent_http::agent::cli;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+pub use super::procs::cmdline;
+
 use super::model::ModelStandIn;
+use super::procs;
 use super::server::TestServer;
 
-/// The CLI every test uses: on PATH, or installed once into `target/claude-cli`.
+/// Names a CLI to test with instead of the pinned one (on purpose: a `claude` on PATH is ignored).
+pub const TEST_CLI_VARIABLE: &str = "CLAUDE_AGENT_TEST_CLI";
+
+/// The CLI every test uses: the one `CLAUDE_AGENT_TEST_CLI` names, else the pinned, tested version,
+/// installed once into `target/claude-cli` (under the installer's file lock, so parallel tests share
+/// one copy).
 pub fn cli_path() -> PathBuf {
     static CLI: OnceLock<PathBuf> = OnceLock::new();
     CLI.get_or_init(|| {
+        if let Some(chosen) = std::env::var_os(TEST_CLI_VARIABLE) {
+            let chosen = PathBuf::from(chosen);
+            assert!(
+                chosen.is_file(),
+                "{TEST_CLI_VARIABLE}={} is not a file",
+                chosen.display()
+            );
+            return chosen;
+        }
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("target")
             .join("claude-cli");
-        cli::find_or_install(None, &dir, true).expect("the Claude Code CLI is needed for agent tests")
+        // `install` returns the copy already in `dir` without running npm; a bare `npm` is looked
+        // up on PATH only when it does run.
+        cli::install(Path::new("npm"), &dir).expect("the pinned Claude Code CLI is needed for agent tests")
     })
     .clone()
 }
@@ -39,6 +59,15 @@ impl AgentServer {
 
     /// Like `start`, with extra environment variables for the server (they win over ours).
     pub async fn start_with_env(extra_yaml: &str, extra_env: Vec<(String, String)>) -> AgentServer {
+        Self::start_wrapped(&[], extra_yaml, extra_env).await
+    }
+
+    /// Starts the server binary under `wrapper` (see `TestServer::start_wrapped`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        extra_yaml: &str,
+        extra_env: Vec<(String, String)>,
+    ) -> AgentServer {
         let model = ModelStandIn::start().await;
         let cli = tokio::task::spawn_blocking(cli_path).await.expect("cli lookup");
         let yaml = format!(
@@ -50,25 +79,17 @@ impl AgentServer {
             ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
         ];
         env.extend(extra_env);
-        let server = TestServer::start_with_env(&yaml, env).await;
+        let server = TestServer::start_wrapped(wrapper, &yaml, env).await;
         AgentServer { server, model }
     }
 
-    /// Starts a server that must find the CLI itself: no `cli_path`, and no `claude` on its PATH.
+    /// Starts a server that must find the CLI itself: no `cli_path` (and, as for every test server,
+    /// no `claude` on its PATH).
     pub async fn start_self_installing() -> AgentServer {
         let model = ModelStandIn::start().await;
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let without_claude = std::env::split_paths(&path).filter(|dir| !dir.join("claude").exists());
         let env = vec![
             ("ANTHROPIC_BASE_URL".to_string(), model.base_url()),
             ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
-            (
-                "PATH".to_string(),
-                std::env::join_paths(without_claude)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
             (
                 "CLAUDE_AGENT_DEFAULTS__CLI_AUTO_INSTALL".to_string(),
                 "true".to_string(),
@@ -288,10 +309,7 @@ impl EventStream {
 
 /// The processes that belong to a session (they carry its marker), as the test sees them.
 pub fn session_processes(session: &str) -> Vec<u32> {
-    tree::marked(session)
-        .into_iter()
-        .filter(|pid| tree::is_alive(*pid))
-        .collect()
+    procs::marked(session)
 }
 
 /// Pids of `sleep 60` processes belonging to a session.
@@ -334,11 +352,4 @@ pub fn delta_text(events: &[Received]) -> String {
         .filter(|e| e.data["type"] == "text_delta")
         .map(|e| e.data["text"].as_str().unwrap())
         .collect()
-}
-
-/// The command line of a process.
-pub fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
 }

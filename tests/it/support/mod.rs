@@ -1,8 +1,9 @@
 //! Test support: the real server on a random port, the real CLI, and the model stand-in (the only
-//! fake in the suite).
+//! fake in the suite); the host's processes as `/proc` shows them.
 
 pub mod agent;
 pub mod model;
+pub mod procs;
 pub mod server;
 
 pub use server::{TestServer, expect_json};

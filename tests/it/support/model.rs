@@ -194,6 +194,14 @@ fn sse(name: &str, mut data: Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
+/// One `content_block_delta` event carrying `text`.
+fn text_delta(text: &str) -> String {
+    let text = serde_json::to_string(text).expect("a string serializes");
+    format!(
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{text}}}}}\n\n"
+    )
+}
+
 async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -230,11 +238,21 @@ async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Respon
             }
             Step::Text(pieces, delay) => {
                 yield Ok(sse("content_block_start", json!({"index": 0, "content_block": {"type": "text", "text": ""}})));
-                for piece in pieces {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                if delay.is_zero() {
+                    // Undelayed answers can be huge (a slow-reader story streams 100 000 words):
+                    // send them in batches, formatted without building a `Value` per word.
+                    for batch in pieces.chunks(1000) {
+                        let mut bytes = String::new();
+                        for piece in batch {
+                            bytes.push_str(&text_delta(piece));
+                        }
+                        yield Ok(Bytes::from(bytes));
                     }
-                    yield Ok(sse("content_block_delta", json!({"index": 0, "delta": {"type": "text_delta", "text": piece}})));
+                } else {
+                    for piece in pieces {
+                        tokio::time::sleep(delay).await;
+                        yield Ok(Bytes::from(text_delta(&piece)));
+                    }
                 }
                 yield Ok(sse("content_block_stop", json!({"index": 0})));
                 "end_turn"

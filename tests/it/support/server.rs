@@ -16,6 +16,7 @@ pub struct TestServer {
     dir: TempDir,
     extra_yaml: String,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl TestServer {
@@ -26,11 +27,23 @@ impl TestServer {
 
     /// Starts a server with extra environment variables (e.g. where the model lives).
     pub async fn start_with_env(extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, extra_yaml, env).await
+        Self::start_wrapped(&[], extra_yaml, env).await
     }
 
-    async fn start_in(dir: TempDir, extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
+    /// Starts the server binary as the last argument of `wrapper` (e.g. `unshare --pid --fork`),
+    /// which must exec it with the arguments that follow.
+    pub async fn start_wrapped(wrapper: &[&str], extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        Self::start_in(dir, extra_yaml, env, wrapper).await
+    }
+
+    async fn start_in(
+        dir: TempDir,
+        extra_yaml: &str,
+        env: Vec<(String, String)>,
+        wrapper: Vec<String>,
+    ) -> TestServer {
         let config = dir.path().join("config.yaml");
         // Relative, as in the default configuration: the server runs in the test's folder.
         let yaml = format!("data_dir: ./data\n{extra_yaml}");
@@ -38,7 +51,15 @@ impl TestServer {
         let port_file = dir.path().join("port");
         let _ = std::fs::remove_file(&port_file);
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_claude-agent-http"));
+        let binary = env!("CARGO_BIN_EXE_claude-agent-http");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         // SAFETY: only an async-signal-safe prctl between fork and exec: the server dies with the
         // test process even when the test runner kills it, so no server outlives its test.
         unsafe {
@@ -59,19 +80,47 @@ impl TestServer {
             .env("CLAUDE_AGENT_DEFAULTS__CLI_AUTO_INSTALL", "false")
             .current_dir(dir.path())
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
+            // Whatever `claude` the developer has installed is not this server's business: agent
+            // servers name the pinned CLI in their config, the others must find none.
+            .env("PATH", path_without_claude(dir.path()))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn server");
-        let addr = wait_for_file(&port_file, Duration::from_secs(20)).await;
-        TestServer {
+        let mut server = TestServer {
             child: Some(child),
-            base: format!("http://{addr}"),
+            base: String::new(),
             client: Client::new(),
             dir,
             extra_yaml: extra_yaml.to_string(),
             env,
+            wrapper,
+        };
+        let addr = server.wait_for_port(&port_file, Duration::from_secs(20)).await;
+        server.base = format!("http://{addr}");
+        server
+    }
+
+    /// Polls until the server wrote its port; a server that exits first fails with its log.
+    async fn wait_for_port(&mut self, port_file: &Path, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(port_file)
+                && !text.is_empty()
+            {
+                return text;
+            }
+            let child = self.child.as_mut().expect("started");
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("the server exited at startup ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not listen within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -80,9 +129,17 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
-    /// The server's pid.
+    /// The server's pid (as the host sees it; for a wrapped server, the server's, not the wrapper's).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        let child = self.child.as_ref().expect("running").id();
+        if self.wrapper.is_empty() {
+            return child;
+        }
+        let binary = std::fs::canonicalize(env!("CARGO_BIN_EXE_claude-agent-http")).expect("binary");
+        super::procs::descendants(child)
+            .into_iter()
+            .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary))
+            .expect("the wrapped server process")
     }
 
     /// What the server logged so far.
@@ -97,11 +154,9 @@ impl TestServer {
 
     /// Stops the server with the given `kill` signal option and waits; returns its exit status code.
     pub fn stop_with(&mut self, signal: &str) -> Option<i32> {
+        let target = self.pid();
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(signal).arg(target.to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -134,7 +189,8 @@ impl TestServer {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let extra = self.extra_yaml.clone();
         let env = std::mem::take(&mut self.env);
-        Self::start_in(dir, &extra, env).await
+        let wrapper = std::mem::take(&mut self.wrapper);
+        Self::start_in(dir, &extra, env, wrapper).await
     }
 
     /// A client acting as one user.
@@ -211,22 +267,27 @@ impl User<'_> {
     }
 }
 
-/// Polls until `path` exists and is non-empty; returns its contents.
-pub async fn wait_for_file(path: &Path, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && !text.is_empty()
-        {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {limit:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// The test's PATH with every `claude` taken out: a folder holding one is replaced by a folder (in
+/// `scratch`) of links to everything else in it.
+fn path_without_claude(scratch: &Path) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .enumerate()
+        .map(|(index, dir)| {
+            if !dir.join("claude").exists() {
+                return dir;
+            }
+            let copy = scratch.join(format!("path-{index}"));
+            std::fs::create_dir_all(&copy).expect("PATH copy");
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name() != "claude" {
+                    let _ = std::os::unix::fs::symlink(entry.path(), copy.join(entry.file_name()));
+                }
+            }
+            copy
+        })
+        .collect();
+    std::env::join_paths(dirs).expect("PATH")
 }
 
 /// Reads a JSON body, asserting the status first.
