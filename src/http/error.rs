@@ -426,7 +426,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_5xx_hides_its_cause_and_every_4xx_keeps_its_detail() {
+    async fn every_5xx_but_a_turns_own_message_hides_its_cause_and_every_4xx_keeps_its_detail() {
         let agent = SessionError::AgentUnavailable("cannot create /root/.claude-agents/alice: EACCES".into());
         let (status, body) = body_of(agent.into(), Some("r")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -437,7 +437,8 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
-        assert_eq!(body["detail"], "The model API failed to answer (request id r)");
+        // A turn's own message is written for its client: it stays, with the request id.
+        assert_eq!(body["detail"], "API Error: 401 bad key (request id r)");
         let id = SessionId::new().to_string();
         let (status, body) = body_of(SessionError::Busy(id.clone()).into(), Some("r")).await;
         assert_eq!(status, StatusCode::CONFLICT);

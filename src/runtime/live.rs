@@ -772,7 +772,9 @@ pub(super) fn prepare(
         Some(path)
     };
     let cgroup = match &shared.cgroups {
-        Some(root) => match root.session(&record.session_id.to_string()) {
+        // One cgroup per process, not per session: the cleanup of a previous process of this
+        // session (killing its members, removing its directory) must never meet the new one.
+        Some(root) => match root.session(&format!("{}.{}", record.session_id, next_cgroup_number())) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 tracing::warn!(session.id = %record.session_id, error = %e, "no cgroup for this session; falling back to the process marker");
@@ -799,6 +801,11 @@ pub(super) fn prepare(
         cli_version,
     };
     Ok((spec, cwd_dir, cgroup))
+}
+
+fn next_cgroup_number() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

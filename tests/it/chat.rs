@@ -256,9 +256,12 @@ async fn a_timeout_interrupts_the_turn_with_504_and_the_session_goes_on() {
         .await;
     let body = expect_json(response, StatusCode::GATEWAY_TIMEOUT).await;
     assert_eq!(body["code"], "turn_timeout");
-    assert_eq!(
-        body["detail"],
-        "the turn exceeded its timeout and was interrupted"
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the turn exceeded its timeout and was interrupted"),
+        "{body}"
     );
     assert_eq!(
         app.chat_ok(&id, "after timeout").await["text"],

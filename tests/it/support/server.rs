@@ -154,6 +154,7 @@ impl TestServer {
 
     /// Stops the server with the given `kill` signal option and waits; returns its exit status code.
     pub fn stop_with(&mut self, signal: &str) -> Option<i32> {
+        self.child.as_ref()?;
         let target = self.pid();
         let mut child = self.child.take()?;
         let _ = Command::new("kill").arg(signal).arg(target.to_string()).status();
