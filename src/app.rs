@@ -86,15 +86,16 @@ impl App {
         if let Err(e) = tree::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes may escape");
         }
-        let inherited = Inherited::from_service_environment();
-        if !inherited.has_model_credentials() && !config.defaults.env.contains_key("ANTHROPIC_API_KEY") {
-            tracing::warn!(
-                "no model API credentials: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN with \
-                 ANTHROPIC_BASE_URL) in the service's environment, or every turn fails with credentials_missing"
-            );
-        }
+        // Bind before anything starts in the background (a CLI install), so a taken port fails at once.
+        let addr = format!("{}:{}", config.api.host, config.api.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
         let runtime = Arc::new(Runtime::new(
-            runtime_settings(&config, inherited),
+            runtime_settings(&config, Inherited::from_service_environment()),
             store.clone(),
             workspaces.clone(),
             Arc::new(DirectLauncher),
@@ -113,6 +114,13 @@ impl App {
             },
             AgentOptions::from_config(&config),
         ));
+        if !runtime.has_model_credentials() {
+            tracing::warn!(
+                "no model API credentials: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN with \
+                 ANTHROPIC_BASE_URL) in the service's environment or defaults.env; until then every \
+                 turn fails with credentials_missing"
+            );
+        }
         find_cli(&config, runtime.clone());
         tokio::spawn(runtime.watch());
         let state = AppState {
@@ -122,13 +130,6 @@ impl App {
             keepalive: Duration::from_secs(config.api.keepalive_seconds),
         };
         let router = http::router(state, &config);
-        let addr = format!("{}:{}", config.api.host, config.api.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
         let bound = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;

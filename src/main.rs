@@ -73,7 +73,10 @@ fn main() -> ExitCode {
                 tracing::warn!("{warning}");
             }
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(serve(config, port_file))
+            let code = runtime.block_on(serve(config, port_file));
+            // A CLI install may still run on a blocking thread: do not wait for it to exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
 }

@@ -48,6 +48,7 @@ impl Inherited {
             names
                 .iter()
                 .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
+                .filter(|(_, value): &(String, String)| !value.is_empty())
                 .collect()
         };
         Inherited {

@@ -38,6 +38,9 @@ pub struct AgentCliHealth {
     pub version: Option<String>,
     /// Why it is missing.
     pub detail: Option<String>,
+    /// `configured`, or `missing` when agents get no model API key or token (every turn then
+    /// fails with `credentials_missing`).
+    pub credentials: &'static str,
 }
 
 impl From<CliState> for AgentCliHealth {
@@ -52,6 +55,7 @@ impl From<CliState> for AgentCliHealth {
             status,
             version,
             detail,
+            credentials: "configured",
         }
     }
 }
@@ -76,12 +80,67 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         storage_type: state.storage_type,
         uptime_seconds: (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        agent_cli: state.sessions.runtime().cli_state().into(),
+        agent_cli: AgentCliHealth {
+            credentials: if state.sessions.runtime().has_model_credentials() {
+                "configured"
+            } else {
+                "missing"
+            },
+            ..state.sessions.runtime().cli_state().into()
+        },
     };
     let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Liveness of the process alone (no I/O): for an orchestrator's liveness probe.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LiveResponse {
+    /// Always `alive`.
+    pub status: &'static str,
+}
+
+/// Whether the process runs (answers without touching the store or the CLI).
+#[utoipa::path(get, path = "/livez", tag = "service", responses((status = 200, body = LiveResponse)))]
+pub async fn livez() -> Json<LiveResponse> {
+    Json(LiveResponse { status: "alive" })
+}
+
+/// Readiness for traffic: the store answers and the CLI is ready.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadyResponse {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// What is not ready (`store`, `agent_cli`), empty when ready.
+    pub waiting_for: Vec<&'static str>,
+}
+
+/// Whether the service can take traffic: the store answers and the Claude Code CLI is ready
+/// (503 while it is being installed or when it is missing, or while the store is down).
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, body = ReadyResponse), (status = 503, body = ReadyResponse)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
+    let mut waiting_for = Vec::new();
+    if let Err(e) = state.sessions.ping().await {
+        tracing::warn!(error = %e, "not ready: the session store does not answer");
+        waiting_for.push("store");
+    }
+    if !matches!(state.sessions.runtime().cli_state(), CliState::Ready { .. }) {
+        waiting_for.push("agent_cli");
+    }
+    let ready = waiting_for.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = ReadyResponse {
+        status: if ready { "ready" } else { "not_ready" },
+        waiting_for,
     };
     (status, Json(body))
 }

@@ -96,6 +96,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/api/v1/chat", post(chat::chat))
         .route("/api/v1/chat/stream", post(chat::chat_stream))
         .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         .route("/", get(health::root))
         .with_state(state);
     let docs: Router = SwaggerUi::new("/docs")

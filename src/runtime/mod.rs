@@ -312,6 +312,17 @@ impl Runtime {
         }
     }
 
+    /// Whether agents get model API credentials (a key or token in the service's environment or
+    /// `defaults.env`); without them every turn fails with `credentials_missing`.
+    pub fn has_model_credentials(&self) -> bool {
+        let settings = &self.shared.settings;
+        settings.inherited.has_model_credentials()
+            || settings
+                .extra_env
+                .keys()
+                .any(|k| k == "ANTHROPIC_API_KEY" || k == "ANTHROPIC_AUTH_TOKEN")
+    }
+
     /// Whether the runtime is shutting down.
     pub fn is_closing(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)

@@ -383,3 +383,26 @@ async fn no_secret_is_on_any_command_line() {
         described(&exposed)
     );
 }
+
+#[tokio::test]
+async fn without_credentials_the_service_says_so_and_turns_name_the_setting() {
+    let empty = |name: &str| (name.to_string(), String::new());
+    let app = AgentServer::start_with_env(
+        "",
+        vec![empty("ANTHROPIC_API_KEY"), empty("ANTHROPIC_AUTH_TOKEN")],
+    )
+    .await;
+    let health = expect_json(app.server.get("/health").await, StatusCode::OK).await;
+    assert_eq!(health["agent_cli"]["credentials"], "missing", "{health}");
+    assert!(
+        app.server.log().contains("no model API credentials"),
+        "a warning at startup"
+    );
+    let (id, _) = app.session("alice").await;
+    let body = expect_json(app.chat(&id, "hello").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["code"], "credentials_missing", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("ANTHROPIC_API_KEY"),
+        "{body}"
+    );
+}

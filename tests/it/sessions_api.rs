@@ -256,6 +256,13 @@ async fn health_root_openapi_and_docs_answer() {
     );
     assert!(health["memory_mb"].as_f64().unwrap() > 1.0);
 
+    // Probes for orchestrators: alive always; ready only with a store and a CLI.
+    let live = expect_json(server.get("/livez").await, StatusCode::OK).await;
+    assert_eq!(live["status"], "alive");
+    let ready = expect_json(server.get("/readyz").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(ready["status"], "not_ready");
+    assert_eq!(ready["waiting_for"], json!(["agent_cli"]), "{ready}");
+
     let root = expect_json(server.get("/").await, StatusCode::OK).await;
     assert_eq!(root["docs"], "/docs");
     let spec = expect_json(server.get("/openapi.json").await, StatusCode::OK).await;
