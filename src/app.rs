@@ -201,6 +201,7 @@ fn find_cli(config: &Config, pool: Arc<Runtime>) {
             });
             tokio::task::spawn_blocking(move || {
                 let version = cli::log_version(&path);
+                log_missing_features(version.as_deref());
                 pool.set_cli_state(CliState::Ready { path, version });
             });
         }
@@ -209,6 +210,7 @@ fn find_cli(config: &Config, pool: Arc<Runtime>) {
             tokio::task::spawn_blocking(move || match cli::install(&npm, &install_dir) {
                 Ok(path) => {
                     let version = cli::log_version(&path);
+                    log_missing_features(version.as_deref());
                     pool.set_cli_state(CliState::Ready { path, version });
                 }
                 Err(e) => {
@@ -221,6 +223,14 @@ fn find_cli(config: &Config, pool: Arc<Runtime>) {
             tracing::error!(error = %e, "no Claude Code CLI: chat will answer agent_unavailable");
             pool.set_cli_state(CliState::Missing(e.to_string()));
         }
+    }
+}
+
+/// Says what an older CLI cannot do that the tested one does.
+fn log_missing_features(version: Option<&str>) {
+    let missing = crate::agent::command::CliFeatures::of(version).missing();
+    if !missing.is_empty() {
+        tracing::warn!(cli.version = version.unwrap_or("unknown"), missing = %missing.join("; "), "this Claude Code CLI lacks features the service uses when available");
     }
 }
 

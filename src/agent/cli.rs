@@ -10,7 +10,7 @@ use std::time::Duration;
 /// The npm package of the CLI.
 pub const CLI_PACKAGE: &str = "@anthropic-ai/claude-code";
 /// The CLI version this service is tested against (flags and messages change between releases).
-pub const TESTED_CLI_VERSION: &str = "2.1.197";
+pub const TESTED_CLI_VERSION: &str = "2.1.332";
 
 /// Why no CLI could be found or installed.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,8 @@ pub enum CliError {
 
 /// Where the service installs its own copy of the CLI.
 pub fn install_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("cli")
+    // One folder per version: a service upgraded to a newer pin installs the newer CLI.
+    data_dir.join("cli").join(TESTED_CLI_VERSION)
 }
 
 fn installed_binary(dir: &Path) -> PathBuf {

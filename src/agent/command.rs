@@ -65,6 +65,49 @@ impl Inherited {
     }
 }
 
+/// What the CLI at hand understands, where it has to be known before it starts (flags and
+/// variables). What can be learned from a running CLI (`capabilities` in its `initialize`
+/// answer) is detected there instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CliFeatures {
+    /// `--await-initialize`: MCP servers and settings arrive in `initialize`, never on argv.
+    pub await_initialize: bool,
+    /// `--system-prompt-snapshot off`: a changed system prompt applies on resume.
+    pub system_prompt_snapshot: bool,
+    /// `CLAUDE_CODE_RESUME_INTERRUPTED_TURN=0` is honoured (older CLIs read any value as "yes").
+    pub resume_interrupted_turn_off: bool,
+}
+
+impl CliFeatures {
+    /// The features of a CLI version (unknown: none of them).
+    pub fn of(version: Option<&str>) -> CliFeatures {
+        let at_least = |min| version.is_some_and(|v| super::cli::version_at_least(v, min));
+        CliFeatures {
+            await_initialize: at_least((2, 1, 261)),
+            system_prompt_snapshot: at_least((2, 1, 332)),
+            resume_interrupted_turn_off: at_least((2, 1, 221)),
+        }
+    }
+
+    /// What an older CLI lacks, for the log.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.await_initialize {
+            missing.push("MCP servers off the command line (--await-initialize, 2.1.261)");
+        }
+        if !self.system_prompt_snapshot {
+            missing.push("a changed system prompt applying on resume (--system-prompt-snapshot, 2.1.332)");
+        }
+        if !self.resume_interrupted_turn_off {
+            missing.push("no silent re-run of an interrupted turn after a restart (2.1.221)");
+        }
+        missing
+    }
+}
+
+/// Settings every agent gets (`--settings`): no messages from other sessions on the host.
+pub const AGENT_SETTINGS: &str = r#"{"crossSessionInbound":"refuse"}"#;
+
 /// Everything needed to start the CLI for one session.
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
@@ -82,17 +125,19 @@ pub struct SpawnSpec {
     pub home: PathBuf,
     /// The session's agent options (flags).
     pub options: AgentOptions,
-    /// A file holding the MCP server configuration (`--mcp-config`), so that the servers'
-    /// secrets never appear on a command line other users can read.
+    /// A file holding the MCP server configuration (`--mcp-config`), for CLIs that cannot take
+    /// them in `initialize`; a file, so that the servers' secrets never appear on a command line.
     pub mcp_config: Option<PathBuf>,
+    /// The CLI's per-user runtime directory (`XDG_RUNTIME_DIR`: its messaging socket).
+    pub runtime_dir: PathBuf,
     /// Variables inherited from the service and `defaults.env`.
     pub env: Vec<(String, String)>,
     /// The model API's address and credentials.
     pub credentials: Vec<(String, String)>,
     /// Carry the session marker.
     pub marker: bool,
-    /// The CLI's version, if known (some variables mean something else to older CLIs).
-    pub cli_version: Option<String>,
+    /// What the CLI understands.
+    pub features: CliFeatures,
 }
 
 /// A program with its arguments and complete environment.
@@ -124,13 +169,10 @@ impl SpawnSpec {
         set("HOME", self.home.display().to_string());
         set("PWD", self.cwd.display().to_string());
         set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into());
+        set("XDG_RUNTIME_DIR", self.runtime_dir.display().to_string());
         // After a restart the CLI must not silently re-run a turn that had side effects. CLIs
         // before 2.1.221 read any value as "yes", so they must not see the variable at all.
-        if self
-            .cli_version
-            .as_deref()
-            .is_some_and(|v| super::cli::version_at_least(v, (2, 1, 221)))
-        {
+        if self.features.resume_interrupted_turn_off {
             set("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "0".into());
         }
         if self.marker {
@@ -144,9 +186,28 @@ impl SpawnSpec {
         }
         CommandLine {
             program: self.cli.clone(),
-            args: cli_args(self.session, self.resume, &self.options, self.mcp_config.as_ref()),
+            args: self.args(),
             env,
         }
+    }
+}
+
+impl SpawnSpec {
+    fn args(&self) -> Vec<String> {
+        let mcp_config = if self.features.await_initialize {
+            None
+        } else {
+            self.mcp_config.as_ref()
+        };
+        let mut args = cli_args(self.session, self.resume, &self.options, mcp_config);
+        args.push(format!("--settings={AGENT_SETTINGS}"));
+        if self.features.await_initialize {
+            args.push("--await-initialize".into());
+        }
+        if self.features.system_prompt_snapshot {
+            args.push("--system-prompt-snapshot=off".into());
+        }
+        args
     }
 }
 
@@ -226,7 +287,8 @@ mod tests {
             ],
             credentials: vec![("ANTHROPIC_API_KEY".into(), "k".into())],
             marker: false,
-            cli_version: Some("2.1.332".into()),
+            runtime_dir: "/c/run".into(),
+            features: CliFeatures::of(Some("2.1.332")),
         }
     }
 
@@ -241,7 +303,12 @@ mod tests {
         assert!(command.args.contains(&format!("--session-id={id}")));
         assert!(command.args.contains(&"--system-prompt=--evil".to_string()));
         assert!(command.args.contains(&"--max-turns=3".to_string()));
-        assert!(command.args.contains(&"--mcp-config=/c/mcp.json".to_string()));
+        assert!(
+            !command.args.iter().any(|a| a.starts_with("--mcp-config")),
+            "MCP servers go in initialize"
+        );
+        assert!(command.args.contains(&"--await-initialize".to_string()));
+        assert!(command.args.contains(&"--system-prompt-snapshot=off".to_string()));
         let resumed = cli_args(id, true, &spec.options, None);
         assert!(resumed.contains(&format!("--resume={id}")));
         assert!(!resumed.iter().any(|a| a.starts_with("--session-id")));
@@ -267,12 +334,21 @@ mod tests {
         assert_eq!(get("CLAUDE_CODE_RESUME_INTERRUPTED_TURN"), vec!["0"]);
         assert!(get(SESSION_MARKER).is_empty());
         let mut old = spec(AgentOptions::from_config(&crate::config::Config::default()));
-        old.cli_version = Some("2.1.197".into());
+        old.features = CliFeatures::of(Some("2.1.197"));
         let old = old.command_line();
         assert!(
             !old.env
                 .iter()
                 .any(|(k, _)| k == "CLAUDE_CODE_RESUME_INTERRUPTED_TURN")
+        );
+        assert!(
+            old.args.contains(&"--mcp-config=/c/mcp.json".to_string()),
+            "older CLIs read MCP servers from a file"
+        );
+        assert!(
+            !old.args
+                .iter()
+                .any(|a| a.contains("await-initialize") || a.contains("snapshot"))
         );
     }
 }

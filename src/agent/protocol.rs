@@ -87,8 +87,11 @@ pub struct TurnResult {
     pub result: Option<String>,
     /// Tokens used.
     pub usage: TurnUsage,
-    /// Running total for the process, not for the turn.
+    /// Running total for the process, not for the turn (from 2.1.332 it also counts the turns
+    /// before a resume).
     pub total_cost_usd: f64,
+    /// This result's own cost, where the CLI reports it (`model_usage_since_last_result`).
+    pub cost_since_last_result: Option<f64>,
     /// Wall time of the turn.
     pub duration_ms: u64,
     /// Model calls in the turn.
@@ -241,6 +244,12 @@ fn turn_result(value: &Value) -> TurnResult {
             cache_read_input_tokens: count("cache_read_input_tokens"),
         },
         total_cost_usd: value["total_cost_usd"].as_f64().unwrap_or_default(),
+        cost_since_last_result: value["model_usage_since_last_result"].as_object().map(|models| {
+            models
+                .values()
+                .filter_map(|usage| usage["costUSD"].as_f64())
+                .sum()
+        }),
         duration_ms: value["duration_ms"].as_u64().unwrap_or_default(),
         num_turns: value["num_turns"].as_u64().unwrap_or_default(),
         stop_reason: value["stop_reason"].as_str().map(str::to_string),
@@ -256,13 +265,15 @@ fn turn_result(value: &Value) -> TurnResult {
     }
 }
 
-/// A user turn, as one stdin line.
+/// A user turn, as one stdin line. `client_composed`: the text is the tenant's own words, never
+/// expanded (`@path` reads files) nor run as a slash command (CLIs before 2.1.332 ignore it).
 pub fn user_line(text: &str) -> String {
     let line = json!({
         "type": "user",
         "message": {"role": "user", "content": text},
         "parent_tool_use_id": null,
         "session_id": "default",
+        "client_composed": true,
     });
     line.to_string()
 }

@@ -136,7 +136,12 @@ impl TurnTracker {
             tool_calls: self.tool_calls.clone(),
             usage: result.map(|r| r.usage.clone()).unwrap_or_default(),
             total_cost_usd: result
-                .map(|r| round_usd((r.total_cost_usd - self.cost_before).max(0.0)))
+                .map(|r| {
+                    let own = r
+                        .cost_since_last_result
+                        .unwrap_or(r.total_cost_usd - self.cost_before);
+                    round_usd(own.max(0.0))
+                })
                 .unwrap_or_default(),
             duration_ms: result.map(|r| r.duration_ms).unwrap_or_default(),
             num_turns: result.map(|r| r.num_turns).unwrap_or_default(),

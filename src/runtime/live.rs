@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::stream::SessionStream;
 use super::{Admission, CliState, LiveStatus, Shared};
-use crate::agent::command::mcp_config_json;
+use crate::agent::command::{CliFeatures, mcp_config_json};
 use crate::agent::policy::Policy;
 use crate::agent::process::{has_transcript, session_files};
 use crate::agent::protocol::{self, AgentMessage};
@@ -341,14 +341,15 @@ impl LiveSession {
         };
         // The runtime reserved a live slot for us; from here every exit path releases it.
         match self.spawn_process().await {
-            Ok(process) => {
+            Ok((mut process, features)) => {
                 tracing::info!(session.id = %self.id(), agent.pid = process.pid(), "agent started");
+                // `initialize` first (a CLI started with --await-initialize requires it): it warms
+                // the CLI up before any message, and carries what must stay off the command line.
+                self.init_request = Some(process.request(self.initialize_request(features)));
                 self.process = Some(process);
                 self.start_permit = Some(permit);
-                self.init_request = self
-                    .process
-                    .as_mut()
-                    .map(|p| p.request(json!({"subtype": "initialize", "hooks": null})));
+                // Each process counts its cost from zero (a resumed 2.1.332 one reports per-result costs).
+                self.cost_total = 0.0;
                 self.last_used = Instant::now();
                 self.hand_over().await;
             }
@@ -366,7 +367,15 @@ impl LiveSession {
         }
     }
 
-    async fn spawn_process(&mut self) -> Result<AgentProcess, StartFailure> {
+    fn initialize_request(&self, features: CliFeatures) -> serde_json::Value {
+        let mut request = json!({"subtype": "initialize", "hooks": null});
+        if features.await_initialize && !self.shared.settings.mcp_servers.is_empty() {
+            request["mcpServers"] = serde_json::Value::Object(self.shared.settings.mcp_servers.clone());
+        }
+        request
+    }
+
+    async fn spawn_process(&mut self) -> Result<(AgentProcess, CliFeatures), StartFailure> {
         // A session deleted while its start was queued must never get a process.
         match self.shared.store.get(self.id()).await {
             Ok(Some(_)) => {}
@@ -404,12 +413,15 @@ impl LiveSession {
             tracing::debug!(session.id = %self.id(), "resuming the agent's transcript");
         }
         // Spawned from this task (a worker thread), never from a blocking thread: see launch.rs.
-        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup).map_err(|e| {
-            tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
-            StartFailure::Unavailable(
-                "the Claude Code CLI could not be started; the service log says why".into(),
-            )
-        })
+        let features = spec.features;
+        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup)
+            .map(|process| (process, features))
+            .map_err(|e| {
+                tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
+                StartFailure::Unavailable(
+                    "the Claude Code CLI could not be started; the service log says why".into(),
+                )
+            })
     }
 
     async fn on_output(&mut self, output: Option<Output>) {
@@ -438,8 +450,14 @@ impl LiveSession {
                 if self.init_request.as_deref() == Some(request_id.as_str()) {
                     self.init_request = None;
                     self.start_permit = None;
-                    if let Err(e) = outcome {
-                        tracing::warn!(session.id = %self.id(), error = %e, "the agent refused initialize");
+                    match outcome {
+                        Err(e) => {
+                            tracing::warn!(session.id = %self.id(), error = %e, "the agent refused initialize")
+                        }
+                        Ok(answer) if answer["mcp_servers_applied"] == false => {
+                            tracing::warn!(session.id = %self.id(), "the agent did not apply the MCP servers sent in initialize");
+                        }
+                        Ok(_) => {}
                     }
                 }
             }
@@ -761,7 +779,14 @@ pub(super) fn prepare(
             tracing::error!(session.id = %record.session_id, error = %e, "cannot open the session's working directory");
             "the session's working directory cannot be opened".to_string()
         })?;
-    let mcp_config = if settings.mcp_servers.is_empty() {
+    let features = CliFeatures::of(cli_version.as_deref());
+    let runtime_dir = config_dir.join("run");
+    super::create_private_dir(&runtime_dir).map_err(|e| {
+        tracing::error!(path = %runtime_dir.display(), error = %e, "cannot create the agent's runtime dir");
+        "cannot prepare the agent's state directory".to_string()
+    })?;
+    // A CLI that takes MCP servers in `initialize` gets them there (see `initialize_request`).
+    let mcp_config = if settings.mcp_servers.is_empty() || features.await_initialize {
         None
     } else {
         let path = config_dir.join("mcp-servers.json");
@@ -794,11 +819,12 @@ pub(super) fn prepare(
         config_dir,
         options: record.options.clone(),
         mcp_config,
+        runtime_dir,
         env,
         credentials: settings.inherited.credentials.clone(),
         // Always set: with a cgroup it only helps people (and tests) find a session's processes.
         marker: true,
-        cli_version,
+        features,
     };
     Ok((spec, cwd_dir, cgroup))
 }

@@ -327,7 +327,10 @@ async fn a_fresh_server_installs_the_pinned_cli_itself_while_it_already_serves()
     assert!(
         app.server
             .data_dir()
-            .join("cli/node_modules/.bin/claude")
+            .join(format!(
+                "cli/{}/node_modules/.bin/claude",
+                cli::TESTED_CLI_VERSION
+            ))
             .exists()
     );
     let health: serde_json::Value = app.server.get("/health").await.json().await.unwrap();

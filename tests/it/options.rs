@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::support::agent::AgentServer;
+use crate::support::agent::{AgentServer, cli_path};
+use crate::support::procs;
 
 /// Parses `system: <n> chars, marker <yes|no>`.
 fn system_reply(text: &str) -> (usize, bool) {
@@ -150,10 +151,18 @@ async fn configured_mcp_servers_and_plugins_reach_the_cli() {
         "{answer}"
     );
 
-    // The plugin is loaded: the CLI knows its command and sends the command's text to the model.
-    let answer = app.chat_ok(&id, "/probe-plugin:hello").await;
+    // The plugin reaches the CLI (by folder, as the CLI takes it).
+    let cli = *procs::clis(&id).first().expect("the session's CLI");
     assert!(
-        answer["text"].as_str().unwrap().contains("PLUGIN-MARKER-31"),
-        "{answer}"
+        procs::cmdline(cli).contains(&format!("--plugin-dir={}", plugin.display())),
+        "{}",
+        procs::cmdline(cli)
     );
+    // A tenant's message is never run as a slash command (CLIs from 2.1.332 honour
+    // `client_composed`): the command's name reaches the model as plain text.
+    let version = claude_agent_http::agent::cli::version(&cli_path()).unwrap_or_default();
+    if claude_agent_http::agent::cli::version_at_least(&version, (2, 1, 332)) {
+        let answer = app.chat_ok(&id, "/probe-plugin:hello").await;
+        assert_eq!(answer["text"], "echo: /probe-plugin:hello", "{answer}");
+    }
 }

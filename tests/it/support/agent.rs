@@ -35,9 +35,10 @@ pub fn cli_path() -> PathBuf {
             );
             return chosen;
         }
+        // One folder per pinned version, so a new pin is installed rather than an old copy reused.
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("target")
-            .join("claude-cli");
+            .join(format!("claude-cli-{}", cli::TESTED_CLI_VERSION));
         // `install` returns the copy already in `dir` without running npm; a bare `npm` is looked
         // up on PATH only when it does run.
         cli::install(Path::new("npm"), &dir).expect("the pinned Claude Code CLI is needed for agent tests")
@@ -178,10 +179,14 @@ impl AgentServer {
         response.json().await.unwrap()
     }
 
-    /// Starts a turn whose Bash tool runs `sleep 60`; returns once the sleep is running.
+    /// Starts a turn whose Bash tool sleeps for 60 s (in python: newer CLIs refuse a bare long
+    /// `sleep`); returns once the sleep is running.
     pub async fn stream_a_running_sleep(&self, session: &str) -> EventStream {
         let mut stream = self
-            .stream(session, "tool Bash {\"command\": \"sleep 60\"}")
+            .stream(
+                session,
+                "tool Bash {\"command\": \"python3 -c 'import time; time.sleep(60)' long-tool\"}",
+            )
             .await;
         stream.until("tool_use").await;
         eventually("sleep to start", Duration::from_secs(10), || {
@@ -312,11 +317,15 @@ pub fn session_processes(session: &str) -> Vec<u32> {
     procs::marked(session)
 }
 
-/// Pids of `sleep 60` processes belonging to a session.
+/// Pids of the 60 s sleeping tool processes belonging to a session.
 pub fn sleeps(session: &str) -> Vec<u32> {
     session_processes(session)
         .into_iter()
-        .filter(|pid| cmdline(*pid).starts_with("sleep 60"))
+        .filter(|pid| {
+            let argv = cmdline(*pid);
+            let program = argv.split(' ').next().unwrap_or_default();
+            program.ends_with("python3") && argv.contains("long-tool")
+        })
         .collect()
 }
 
