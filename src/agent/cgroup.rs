@@ -242,9 +242,17 @@ impl CgroupRoot {
                 with_processes += 1;
             }
             cgroup.kill_all();
-            cgroup.remove();
+            cgroup.remove_when_empty();
         }
         with_processes
+    }
+
+    /// Removes this instance's cgroups (at shutdown, once every session is stopped).
+    pub fn remove(&self) {
+        self.kill_leftovers();
+        for dir in &self.instance_dirs {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -336,15 +344,30 @@ impl SessionCgroup {
         }
     }
 
-    /// Removes the session's directories (they must be empty of processes).
-    pub fn remove(&self) {
+    /// Removes the session's directories; false while one is still busy (a member not yet
+    /// reaped keeps it, even when `cgroup.procs` no longer lists it).
+    pub fn remove(&self) -> bool {
+        let mut removed = true;
         for dir in &self.dirs {
             if let Err(e) = fs::remove_dir(dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                tracing::debug!(cgroup = %dir.display(), error = %e, "cannot remove a session cgroup");
+                tracing::trace!(cgroup = %dir.display(), error = %e, "cannot remove a session cgroup yet");
+                removed = false;
             }
         }
+        removed
+    }
+
+    /// Removes the session's directories, waiting (up to about 3 s) for exited members to be reaped.
+    pub fn remove_when_empty(&self) {
+        for attempt in 0..30u64 {
+            if self.remove() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10 * (attempt + 1)));
+        }
+        tracing::warn!(cgroup = %self.dirs[0].display(), "a session cgroup stays busy; the next start on this data removes it");
     }
 }
 

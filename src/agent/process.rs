@@ -75,6 +75,8 @@ pub struct AgentProcess {
     exit: watch::Receiver<Option<ExitInfo>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     cgroup: Option<SessionCgroup>,
+    /// Where the CLI keeps `sessions/<pid>.json` while it runs (left behind when it is killed).
+    config_dir: std::path::PathBuf,
     next_request: u64,
 }
 
@@ -135,6 +137,7 @@ impl AgentProcess {
             exit: exit_rx,
             stderr_tail,
             cgroup,
+            config_dir: spec.config_dir.clone(),
             next_request: 1,
         })
     }
@@ -238,26 +241,31 @@ impl Drop for AgentProcess {
         let cgroup = self.cgroup.take();
         let session = self.session;
         let pid = self.pid;
-        let cleanup = move || match cgroup {
-            Some(cgroup) => {
-                cgroup.kill_all();
-                // The CLI is reaped by tokio; what remains are zombies of adopted tools.
-                tree::reap_zombie_children(&[pid].into_iter().collect());
-                for attempt in 0..20 {
-                    if cgroup.pids().is_empty() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(5 * (attempt + 1)));
-                }
-                cgroup.remove();
-            }
-            None => tree::kill_session_processes(&session.to_string(), pid),
+        let pid_file = self.config_dir.join("sessions").join(format!("{pid}.json"));
+        let cleanup = move || {
+            kill_leftovers(cgroup, session, pid);
+            // A killed CLI cannot remove its own record of itself.
+            let _ = std::fs::remove_file(pid_file);
         };
         // Reading cgroup or /proc files blocks; keep it off the async workers.
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => drop(handle.spawn_blocking(cleanup)),
             Err(_) => cleanup(),
         }
+    }
+}
+
+/// Kills whatever of a session still runs: its cgroup's members, or (without one) its marked
+/// processes and the CLI's descendants; then removes the cgroup.
+fn kill_leftovers(cgroup: Option<SessionCgroup>, session: SessionId, pid: u32) {
+    match cgroup {
+        Some(cgroup) => {
+            cgroup.kill_all();
+            // The CLI is reaped by tokio; what remains are zombies of adopted tools.
+            tree::reap_zombie_children(&[pid].into_iter().collect());
+            cgroup.remove_when_empty();
+        }
+        None => tree::kill_session_processes(&session.to_string(), pid),
     }
 }
 

@@ -363,6 +363,9 @@ impl Runtime {
             }
         });
         futures_util::future::join_all(stops).await;
+        if let Some(root) = self.shared.cgroups.clone() {
+            let _ = tokio::task::spawn_blocking(move || root.remove()).await;
+        }
         tracing::info!("all agents stopped");
     }
 
