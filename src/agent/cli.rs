@@ -107,7 +107,10 @@ pub fn find_or_install(
 /// and returns its path. Blocking: call from a blocking context.
 pub fn install(npm: &Path, dir: &Path) -> Result<PathBuf, CliError> {
     let failed = |e: &dyn std::fmt::Display| CliError::Install(e.to_string());
-    std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+    // Private: the service creates `<data_dir>/cli` 0700 at startup; the version folder follows.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|e| failed(&e))?;
     let lock = File::create(dir.join(".install.lock")).map_err(|e| failed(&e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| failed(&e))?;
     if is_executable(&installed_binary(dir)) {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::workspace::create_private_dir;
 use live::{Close, Command, LiveSession};
 pub use live::{SendRefusal, TurnTicket};
 pub use stream::{EventLog, NoEventLog};
@@ -557,14 +558,6 @@ impl Shared {
 /// Where per-user CLI config dirs live: beside the workspaces, never inside them.
 pub fn agents_root(data_dir: &Path) -> PathBuf {
     data_dir.join("agents")
-}
-
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 /// This process's resident memory (one small read of /proc/self/statm).

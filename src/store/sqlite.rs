@@ -3,7 +3,7 @@
 
 use std::fs::{OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -38,7 +38,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, ttl_seconds: u64) -> Result<Self, StoreError> {
         let io_error = |e: io::Error| StoreError::Database(sqlx::Error::Io(e));
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dirs(parent).map_err(io_error)?;
+            crate::workspace::create_private_dir(parent).map_err(io_error)?;
         }
         create_private_file(path).map_err(io_error)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
@@ -60,23 +60,6 @@ impl SqliteStore {
             expiry: Expiry::new(ttl_seconds),
         })
     }
-}
-
-/// Creates `dir` and its missing ancestors with mode 0700, whatever the umask; leaves existing
-/// directories as they are.
-fn create_private_dirs(dir: &Path) -> io::Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && std::fs::metadata(d).is_err())
-        .collect();
-    for dir in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(0o700))?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Creates the database file with mode 0600 before SQLite does (SQLite gives its `-wal` and `-shm`

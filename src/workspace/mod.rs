@@ -192,8 +192,8 @@ impl Workspaces {
 }
 
 /// Creates `dir` and its missing ancestors with mode 0700, whatever the umask; leaves existing
-/// directories as they are.
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+/// directories as they are. The one way the service makes a private directory.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|d| !d.as_os_str().is_empty() && std::fs::metadata(d).is_err())
