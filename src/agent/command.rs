@@ -169,6 +169,8 @@ impl SpawnSpec {
         set("HOME", self.home.display().to_string());
         set("PWD", self.cwd.display().to_string());
         set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into());
+        // A CLI that cannot start says why in a `result` (startup_failure_reason), not only on stderr.
+        set("CLAUDE_CODE_STARTUP_FAILURE_RESULTS", "1".into());
         set("XDG_RUNTIME_DIR", self.runtime_dir.display().to_string());
         // After a restart the CLI must not silently re-run a turn that had side effects. CLIs
         // before 2.1.221 read any value as "yes", so they must not see the variable at all.

@@ -92,6 +92,10 @@ pub struct TurnResult {
     pub total_cost_usd: f64,
     /// This result's own cost, where the CLI reports it (`model_usage_since_last_result`).
     pub cost_since_last_result: Option<f64>,
+    /// Why the CLI could not start at all (2.1.332: `cwd_unavailable`, ...).
+    pub startup_failure_reason: Option<String>,
+    /// The result's number within its process (2.1.332); a gap means a result was lost.
+    pub result_index: Option<u64>,
     /// Wall time of the turn.
     pub duration_ms: u64,
     /// Model calls in the turn.
@@ -244,6 +248,8 @@ fn turn_result(value: &Value) -> TurnResult {
             cache_read_input_tokens: count("cache_read_input_tokens"),
         },
         total_cost_usd: value["total_cost_usd"].as_f64().unwrap_or_default(),
+        startup_failure_reason: value["startup_failure_reason"].as_str().map(str::to_string),
+        result_index: value["result_index"].as_u64(),
         cost_since_last_result: value["model_usage_since_last_result"].as_object().map(|models| {
             models
                 .values()

@@ -158,6 +158,13 @@ impl TurnTracker {
             .result
             .as_deref()
             .is_some_and(|text| text.contains("Not logged in") || text.contains("Invalid API key"));
+        if let Some(reason) = &result.startup_failure_reason {
+            return TurnEvent::Error {
+                code: TurnErrorCode::AgentUnavailable,
+                message: format!("the agent could not start ({reason})"),
+                partial: outcome,
+            };
+        }
         let code = match result.subtype.as_str() {
             _ if not_logged_in => TurnErrorCode::CredentialsMissing,
             "error_max_turns" => TurnErrorCode::MaxTurns,

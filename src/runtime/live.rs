@@ -122,6 +122,10 @@ pub(super) struct LiveSession {
     init_request: Option<String>,
     /// The CLI's running cost total as of its last result (to report each turn's own share).
     cost_total: f64,
+    /// The last `result_index` of this process (2.1.332 numbers results per process).
+    last_result_index: Option<u64>,
+    /// The running CLI can cancel queued messages with an interrupt (`interrupt_cancel_queued_v1`).
+    cancel_queued: bool,
     turn: Option<Turn>,
     stream: SessionStream,
     last_used: Instant,
@@ -155,6 +159,8 @@ impl LiveSession {
             start_permit: None,
             init_request: None,
             cost_total: 0.0,
+            last_result_index: None,
+            cancel_queued: false,
             turn: None,
             stream,
             last_used: Instant::now(),
@@ -350,6 +356,8 @@ impl LiveSession {
                 self.start_permit = Some(permit);
                 // Each process counts its cost from zero (a resumed 2.1.332 one reports per-result costs).
                 self.cost_total = 0.0;
+                self.last_result_index = None;
+                self.cancel_queued = false;
                 self.last_used = Instant::now();
                 self.hand_over().await;
             }
@@ -454,10 +462,15 @@ impl LiveSession {
                         Err(e) => {
                             tracing::warn!(session.id = %self.id(), error = %e, "the agent refused initialize")
                         }
-                        Ok(answer) if answer["mcp_servers_applied"] == false => {
-                            tracing::warn!(session.id = %self.id(), "the agent did not apply the MCP servers sent in initialize");
+                        Ok(answer) => {
+                            if answer["mcp_servers_applied"] == false {
+                                tracing::warn!(session.id = %self.id(), "the agent did not apply the MCP servers sent in initialize");
+                            }
+                            // Features of a running CLI come from what it says it can do.
+                            let capabilities = answer["capabilities"].as_array();
+                            self.cancel_queued = capabilities
+                                .is_some_and(|c| c.iter().any(|c| c == "interrupt_cancel_queued_v1"));
                         }
-                        Ok(_) => {}
                     }
                 }
             }
@@ -469,9 +482,18 @@ impl LiveSession {
                 turn.last_output = Instant::now();
                 if let AgentMessage::Result(result) = &message {
                     self.cost_total = result.total_cost_usd;
+                    if let Some(index) = result.result_index {
+                        if let Some(last) = self.last_result_index
+                            && index != last + 1
+                        {
+                            tracing::warn!(session.id = %self.record.session_id, result.index = index, result.previous = last, "the agent lost a result");
+                        }
+                        self.last_result_index = Some(index);
+                    }
                 }
-                if let AgentMessage::Other(_) = message {
+                if let AgentMessage::Other(value) = &message {
                     turn.tracker.note_output();
+                    note_unusual(self.record.session_id, value);
                     return;
                 }
                 if let AgentMessage::ApiRetry {
@@ -608,7 +630,12 @@ impl LiveSession {
         if turn.kill_at.is_none() {
             turn.kill_at = Some(Instant::now() + INTERRUPT_GRACE);
             if let Some(process) = self.process.as_mut() {
-                process.request(json!({"subtype": "interrupt"}));
+                let mut interrupt = json!({"subtype": "interrupt"});
+                if self.cancel_queued {
+                    // Nothing queued behind the turn may start after it was stopped.
+                    interrupt["cancel_queued"] = json!(true);
+                }
+                process.request(interrupt);
             }
         }
         true
@@ -861,6 +888,22 @@ fn remove_session_files(config_dir: &std::path::Path, session: SessionId) {
         if let Err(e) = removed {
             tracing::warn!(session.id = %session, path = %path.display(), error = %e, "cannot remove session file");
         }
+    }
+}
+
+/// Logs the messages a client cannot act on but an operator must know about.
+fn note_unusual(session: SessionId, value: &serde_json::Value) {
+    match (value["type"].as_str(), value["subtype"].as_str()) {
+        (Some("system"), Some("session_writes_lost")) => tracing::error!(
+            session.id = %session,
+            "the agent could not write its transcript (disk full or quota): this turn will be missing after a resume"
+        ),
+        (Some("conversation_reset"), _) => tracing::warn!(
+            session.id = %session,
+            new_conversation = %value["new_conversation_id"],
+            "the agent reset its conversation"
+        ),
+        _ => {}
     }
 }
 
