@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use claude_agent_http::agent::{cli, command::cli_args, tree};
 use claude_agent_http::config::Config;
-use claude_agent_http::domain::{AgentOptions, SessionId};
+use claude_agent_http::domain::SessionId;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -438,7 +438,7 @@ struct BareTurn {
 
 impl Bare {
     async fn start(model: &ModelStandIn, home: &Path, session: SessionId, resume: bool) -> Bare {
-        let options = AgentOptions::from_config(&Config::default());
+        let options = Config::default().agent_options();
         let workdir = home.join("work");
         std::fs::create_dir_all(&workdir).unwrap();
         let mut child = Command::new(cli_path())

@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 
 use crate::agent::{DirectLauncher, Inherited, cli, tree};
 use crate::config::{Config, StorageKind};
-use crate::domain::AgentOptions;
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, NoEventLog, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
@@ -112,7 +111,7 @@ impl App {
                 max_total: config.api.max_sessions,
                 max_per_user: config.api.max_sessions_per_user,
             },
-            AgentOptions::from_config(&config),
+            config.agent_options(),
         ));
         if !runtime.has_model_credentials() {
             tracing::warn!(

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::domain::{AgentOptions, PermissionMode, PluginSpec};
+
 /// A configuration problem, always naming the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,40 +60,6 @@ impl StorageKind {
             StorageKind::Memory => "memory",
             StorageKind::Sqlite => "sqlite",
             StorageKind::Postgresql => "postgresql",
-        }
-    }
-}
-
-/// The CLI's permission modes (`--permission-mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PermissionMode {
-    /// Ask (through our policy) for every tool not pre-approved.
-    #[serde(rename = "default")]
-    #[default]
-    Default,
-    /// Auto-approve file edits.
-    #[serde(rename = "acceptEdits")]
-    AcceptEdits,
-    /// Plan only, no changes.
-    #[serde(rename = "plan")]
-    Plan,
-    /// Approve everything (as root this needs `IS_SANDBOX=1`, which the service sets).
-    #[serde(rename = "bypassPermissions")]
-    BypassPermissions,
-    /// Deny whatever is not pre-approved, without asking.
-    #[serde(rename = "dontAsk")]
-    DontAsk,
-}
-
-impl PermissionMode {
-    /// The flag value the CLI expects.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PermissionMode::Default => "default",
-            PermissionMode::AcceptEdits => "acceptEdits",
-            PermissionMode::Plan => "plan",
-            PermissionMode::BypassPermissions => "bypassPermissions",
-            PermissionMode::DontAsk => "dontAsk",
         }
     }
 }
@@ -184,7 +152,12 @@ pub struct ApiConfig {
     pub stream_buffer_events: u32,
 }
 
-/// The `defaults` section: agent options every new session gets.
+/// The `defaults` section: agent options every new session gets (see [`Config::agent_options`])
+/// and how agents are run.
+///
+/// The option keys mirror [`AgentOptions`] field by field rather than embedding it with
+/// `#[serde(flatten)]`: a flattened struct is deserialized from a buffered copy, so an error in
+/// one of its keys would name only `defaults`, not `defaults.permission_mode`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentDefaults {
@@ -214,31 +187,6 @@ pub struct AgentDefaults {
     pub turn_timeout: u64,
     /// Seconds a turn's CLI may print nothing before the service stops the turn; 0: off.
     pub turn_silence_timeout: u64,
-}
-
-/// A plugin folder: a bare path, or `{type: local, path}` as in the Python SDK.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum PluginSpec {
-    /// A plugin folder.
-    Path(PathBuf),
-    /// A plugin in the Python SDK's form.
-    Local {
-        /// Always `local`.
-        #[serde(rename = "type")]
-        kind: String,
-        /// The plugin folder.
-        path: PathBuf,
-    },
-}
-
-impl PluginSpec {
-    /// The plugin's folder.
-    pub fn path(&self) -> &Path {
-        match self {
-            PluginSpec::Path(path) | PluginSpec::Local { path, .. } => path,
-        }
-    }
 }
 
 impl Default for Config {
@@ -438,6 +386,38 @@ impl Config {
                 message,
             })?;
         Ok(Loaded { config, warnings })
+    }
+
+    /// The agent options a new session gets: the `defaults` section's options and the plugins.
+    pub fn agent_options(&self) -> AgentOptions {
+        // Destructured, and built without `..`, so that a field added to either side is a compile
+        // error here until it is routed (or deliberately left out).
+        let AgentDefaults {
+            system_prompt,
+            append_system_prompt,
+            permission_mode,
+            allowed_tools,
+            setting_sources,
+            model,
+            max_turns,
+            max_budget_usd,
+            cli_path: _,
+            cli_auto_install: _,
+            env: _,
+            turn_timeout: _,
+            turn_silence_timeout: _,
+        } = &self.defaults;
+        AgentOptions {
+            system_prompt: system_prompt.clone(),
+            append_system_prompt: append_system_prompt.clone(),
+            permission_mode: *permission_mode,
+            allowed_tools: allowed_tools.clone(),
+            setting_sources: setting_sources.clone(),
+            model: model.clone(),
+            max_turns: *max_turns,
+            max_budget_usd: *max_budget_usd,
+            plugins: self.plugins.clone(),
+        }
     }
 
     /// Where user workspaces live.

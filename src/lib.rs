@@ -2,6 +2,8 @@
 //! See ARCHITECTURE.md for the map of modules.
 
 #![warn(missing_docs)]
+// The one exception, allowed where it stands, is the `pre_exec` hook in `agent/launch.rs`.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod app;

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
-use crate::config::PermissionMode;
-use crate::domain::{AgentOptions, SessionId};
+use crate::domain::{AgentOptions, PermissionMode, SessionId};
 
 /// The environment variable set on every agent process when no cgroup holds the session; its
 /// value is the session id (the best-effort way to find a session's processes without cgroups).
@@ -296,9 +295,11 @@ mod tests {
 
     #[test]
     fn args_carry_the_session_options_in_equals_form() {
-        let mut options = AgentOptions::from_config(&crate::config::Config::default());
-        options.system_prompt = Some("--evil".into());
-        options.max_turns = Some(3);
+        let options = AgentOptions {
+            system_prompt: Some("--evil".into()),
+            max_turns: Some(3),
+            ..AgentOptions::default()
+        };
         let spec = spec(options);
         let command = spec.command_line();
         let id = spec.session;
@@ -318,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_environment_is_exactly_the_spec() {
-        let command = spec(AgentOptions::from_config(&crate::config::Config::default())).command_line();
+        let command = spec(AgentOptions::default()).command_line();
         let get = |key: &str| {
             command
                 .env
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(get("ANTHROPIC_API_KEY"), vec!["k"]);
         assert_eq!(get("CLAUDE_CODE_RESUME_INTERRUPTED_TURN"), vec!["0"]);
         assert!(get(SESSION_MARKER).is_empty());
-        let mut old = spec(AgentOptions::from_config(&crate::config::Config::default()));
+        let mut old = spec(AgentOptions::default());
         old.features = CliFeatures::of(Some("2.1.197"));
         let old = old.command_line();
         assert!(

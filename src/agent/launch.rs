@@ -81,6 +81,7 @@ impl Launcher for DirectLauncher {
         // the parent dies. PDEATHSIG fires when the *thread* that forked exits: `launch` is called
         // from the session's actor, a task on tokio's long-lived worker threads, never from
         // `spawn_blocking` (whose threads retire when idle).
+        #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
                 for fd in &join_fds {

@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use super::protocol;
-use crate::config::PermissionMode;
-use crate::domain::AgentOptions;
+use crate::domain::{AgentOptions, PermissionMode};
 
 /// The permission policy of one session.
 #[derive(Debug, Clone)]
@@ -67,12 +66,13 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn policy_allows_listed_tools_and_explains_denials() {
-        let mut options = AgentOptions::from_config(&Config::default());
-        options.allowed_tools = vec!["Read".into(), "Bash(git *)".into()];
+        let mut options = AgentOptions {
+            allowed_tools: vec!["Read".into(), "Bash(git *)".into()],
+            ..AgentOptions::default()
+        };
         let policy = Policy::new(&options);
         let allow = policy.answer(&json!({"tool_name": "Read", "input": {"file_path": "x"}}));
         assert_eq!(allow["behavior"], "allow");

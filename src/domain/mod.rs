@@ -2,9 +2,11 @@
 //! No I/O lives here.
 
 pub mod events;
+pub mod options;
 pub mod session;
 
 pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
 };
-pub use session::{AgentOptions, SessionId, SessionRecord};
+pub use options::{AgentOptions, PermissionMode, PluginSpec};
+pub use session::{SessionId, SessionRecord};

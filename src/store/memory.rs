@@ -45,10 +45,7 @@ impl SessionStore for MemoryStore {
         if total >= limits.max_total {
             return Err(StoreError::LimitReached(LimitScope::Total(limits.max_total)));
         }
-        // As a database row would: credentials stay in the configuration.
-        let mut stored = record.clone();
-        stored.options.mcp_servers.clear();
-        records.insert(record.session_id, stored);
+        records.insert(record.session_id, record.clone());
         Ok(())
     }
 

@@ -63,8 +63,7 @@ pub struct Limits {
 }
 
 /// Where session records live. Expired records (by the store's TTL) are invisible to every read
-/// and to `delete`. A store never keeps `options.mcp_servers` (their `env` and `headers` are
-/// credentials): a record read back has none, and the agent takes them from the configuration.
+/// and to `delete`.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new record unless a limit would be exceeded (checked atomically).

@@ -4,11 +4,9 @@
 //! read the rest. Secrets are never part of a stored form.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
 
 use super::StoreError;
-use crate::config::{PermissionMode, PluginSpec};
-use crate::domain::AgentOptions;
+use crate::domain::{AgentOptions, PermissionMode, PluginSpec};
 
 /// The version of [`StoredOptions`] this code writes.
 const OPTIONS_VERSION: u32 = 1;
@@ -49,7 +47,7 @@ impl StoredOptions {
 impl From<&AgentOptions> for StoredOptions {
     fn from(options: &AgentOptions) -> Self {
         // Destructured so that a new field in `AgentOptions` is a compile error here until it is
-        // given a stored form (or deliberately left out, as `mcp_servers` is).
+        // given a stored form (or deliberately left out).
         let AgentOptions {
             system_prompt,
             append_system_prompt,
@@ -59,7 +57,6 @@ impl From<&AgentOptions> for StoredOptions {
             model,
             max_turns,
             max_budget_usd,
-            mcp_servers: _,
             plugins,
         } = options;
         StoredOptions {
@@ -96,7 +93,6 @@ impl TryFrom<StoredOptions> for AgentOptions {
             model: stored.model,
             max_turns: stored.max_turns,
             max_budget_usd: stored.max_budget_usd,
-            mcp_servers: Map::new(),
             plugins: stored.plugins,
         })
     }
@@ -104,35 +100,32 @@ impl TryFrom<StoredOptions> for AgentOptions {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-    use crate::config::Config;
 
-    fn options_with_mcp() -> AgentOptions {
-        let mut options = AgentOptions::from_config(&Config::default());
-        options.model = Some("claude-x".into());
-        options.mcp_servers = json!({"s": {"command": "x", "env": {"TOKEN": "tok-123"}}})
-            .as_object()
-            .unwrap()
-            .clone();
-        options
+    #[test]
+    fn round_trips_everything() {
+        let options = AgentOptions {
+            system_prompt: Some("Be brief.".into()),
+            permission_mode: PermissionMode::AcceptEdits,
+            allowed_tools: vec!["Bash".into()],
+            model: Some("claude-x".into()),
+            max_turns: Some(3),
+            plugins: vec![PluginSpec::Path("/opt/p".into())],
+            ..AgentOptions::default()
+        };
+        let text = StoredOptions::from(&options).to_json();
+        assert!(text.contains(r#""v":1"#), "{text}");
+        let read = AgentOptions::try_from(StoredOptions::parse(&text).unwrap()).unwrap();
+        assert_eq!(read, options);
     }
 
     #[test]
-    fn round_trips_everything_but_mcp_servers() {
-        let options = options_with_mcp();
-        let text = StoredOptions::from(&options).to_json();
-        assert!(!text.contains("mcp") && !text.contains("tok-123"), "{text}");
-        assert!(text.contains(r#""v":1"#), "{text}");
-        let read = AgentOptions::try_from(StoredOptions::parse(&text).unwrap()).unwrap();
-        assert_eq!(
-            read,
-            AgentOptions {
-                mcp_servers: Map::new(),
-                ..options
-            }
-        );
+    fn an_unversioned_row_with_mcp_servers_reads_without_them() {
+        let text = r#"{"model":"claude-x","mcp_servers":{"s":{"command":"x","env":{"TOKEN":"tok-123"}}}}"#;
+        let stored = StoredOptions::parse(text).unwrap();
+        assert!(!stored.to_json().contains("tok-123"));
+        let read = AgentOptions::try_from(stored).unwrap();
+        assert_eq!(read.model.as_deref(), Some("claude-x"));
     }
 
     #[test]

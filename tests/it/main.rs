@@ -3,6 +3,7 @@
 mod chat;
 mod config;
 mod http_edges;
+mod layering;
 mod lifecycle;
 mod options;
 mod runtime;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use claude_agent_http::config::Config;
-use claude_agent_http::domain::{AgentOptions, SessionId, SessionRecord};
+use claude_agent_http::domain::{SessionId, SessionRecord};
 use claude_agent_http::store::{LimitScope, Limits, MemoryStore, SessionStore, SqliteStore, StoreError};
 use serde_json::json;
 
@@ -20,7 +20,7 @@ fn record(user: &str) -> SessionRecord {
         user_id: user.into(),
         subdir: Some("proj/a".into()),
         cwd: format!("/srv/users/{user}/proj/a").into(),
-        options: AgentOptions::from_config(&Config::default()),
+        options: Config::default().agent_options(),
         created_at: now,
         last_active_at: now,
         message_count: 0,
@@ -43,7 +43,7 @@ macro_rules! conformance {
             conformance!(@stories $open;
                 round_trips_a_record 0, lists_by_user_oldest_first 0, touch_counts_turns 0,
                 delete_is_final 0, expired_records_vanish_and_purge 3600, ttl_zero_never_expires 0,
-                deleting_an_expired_record_finds_nothing 3600, mcp_servers_are_never_kept 0,
+                deleting_an_expired_record_finds_nothing 3600,
                 limits_hold_under_concurrency 0, duplicate_ids_are_refused 0);
         }
     )*};
@@ -183,37 +183,6 @@ async fn deleting_an_expired_record_finds_nothing(store: Arc<dyn SessionStore>) 
     );
 }
 
-/// A record whose options name an MCP server with credentials in `env` and `headers`.
-fn record_with_mcp_secret(user: &str) -> SessionRecord {
-    let mut r = record(user);
-    r.options.mcp_servers = json!({
-        "files": {"command": "npx", "args": ["-y", "x"], "env": {"API_TOKEN": MCP_SECRET}},
-        "remote": {"type": "http", "url": "https://mcp.example", "headers": {"Authorization": MCP_SECRET}},
-    })
-    .as_object()
-    .unwrap()
-    .clone();
-    r.options.model = Some("claude-x".into());
-    r
-}
-
-const MCP_SECRET: &str = "tok-7f3a9c1e-mcp-secret";
-
-async fn mcp_servers_are_never_kept(store: Arc<dyn SessionStore>) {
-    let original = record_with_mcp_secret("gabe");
-    store.insert(&original, ROOMY).await.unwrap();
-    let expected = AgentOptions {
-        mcp_servers: Default::default(),
-        ..original.options.clone()
-    };
-    let found = store.get(original.session_id).await.unwrap().unwrap();
-    assert_eq!(found.options, expected, "everything but the MCP servers");
-    let listed = store.list(Some("gabe")).await.unwrap();
-    assert_eq!(listed[0].options, expected);
-    let deleted = store.delete(original.session_id).await.unwrap().unwrap();
-    assert_eq!(deleted.options, expected);
-}
-
 async fn ttl_zero_never_expires(store: Arc<dyn SessionStore>) {
     let mut ancient = record("gina");
     ancient.last_active_at = Utc::now() - Duration::days(3650);
@@ -292,53 +261,12 @@ mod sqlite_file {
     use claude_agent_http::store::{SessionStore, SqliteStore, StoreError};
     use sqlx::SqlitePool;
 
-    use super::{MCP_SECRET, ROOMY, record, record_with_mcp_secret};
+    use super::{ROOMY, record};
 
     async fn raw(path: &Path) -> SqlitePool {
         SqlitePool::connect(&format!("sqlite://{}", path.display()))
             .await
             .unwrap()
-    }
-
-    /// Every byte of the database and its `-wal` and `-shm`.
-    fn database_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            files.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                std::fs::read(entry.path()).unwrap(),
-            ));
-        }
-        files
-    }
-
-    #[tokio::test]
-    async fn no_mcp_secret_reaches_the_database_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sessions.db");
-        let store = SqliteStore::open(&path, 0).await.unwrap();
-        let r = record_with_mcp_secret("hana");
-        store.insert(&r, ROOMY).await.unwrap();
-        store.touch(r.session_id, chrono::Utc::now(), 1).await.unwrap();
-        let found = store.get(r.session_id).await.unwrap().expect("the row loads");
-        assert!(found.options.mcp_servers.is_empty());
-        assert_eq!(found.options.model.as_deref(), Some("claude-x"));
-        let files = database_bytes(dir.path());
-        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-        assert!(
-            names.contains(&"sessions.db-wal"),
-            "WAL mode keeps a -wal file: {names:?}"
-        );
-        let contains =
-            |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-        assert!(
-            files.iter().any(|(_, bytes)| contains(bytes, "claude-x")),
-            "the scan sees the row (its model) somewhere"
-        );
-        for (name, bytes) in &files {
-            assert!(!contains(bytes, MCP_SECRET), "the MCP secret is in {name}");
-            assert!(!contains(bytes, "mcp.example"), "an MCP server is in {name}");
-        }
     }
 
     /// The options column exactly as the service wrote it before rows were versioned: the serde
@@ -380,10 +308,6 @@ mod sqlite_file {
         assert_eq!((options.max_turns, options.max_budget_usd), (Some(20), Some(1.5)));
         assert_eq!(options.plugins.len(), 2);
         assert_eq!(options.plugins[1].path(), Path::new("/opt/plugins/two"));
-        assert!(
-            options.mcp_servers.is_empty(),
-            "MCP servers come from the config, not the row"
-        );
         assert_eq!(
             (found.message_count, found.metadata["k"].as_str()),
             (4, Some("v"))
