@@ -34,8 +34,8 @@ pub enum AgentMessage {
         /// The HTTP status that failed, if any.
         status: Option<u64>,
     },
-    /// The end of a turn.
-    Result(TurnResult),
+    /// The end of a turn (boxed: it is large and comes once per turn).
+    Result(Box<TurnResult>),
     /// A request from the CLI that we must answer (permissions, hooks, MCP).
     ControlRequest {
         /// The CLI's id for the request, echoed in the answer.
@@ -177,7 +177,7 @@ pub fn parse_line(line: &str) -> Result<AgentMessage, serde_json::Error> {
                 .unwrap_or_default(),
             status: value["error_status"].as_u64(),
         },
-        "result" => AgentMessage::Result(turn_result(&value)),
+        "result" => AgentMessage::Result(Box::new(turn_result(&value))),
         "control_request" => AgentMessage::ControlRequest {
             request_id: value["request_id"].as_str().unwrap_or_default().to_string(),
             request: value["request"].clone(),

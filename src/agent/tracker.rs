@@ -103,7 +103,7 @@ impl TurnTracker {
                     status,
                 }]
             }
-            AgentMessage::Result(result) => vec![self.finish(result)],
+            AgentMessage::Result(result) => vec![self.finish(*result)],
             AgentMessage::ControlRequest { .. }
             | AgentMessage::ControlResponse { .. }
             | AgentMessage::Other(_) => Vec::new(),
