@@ -274,6 +274,10 @@ impl Runtime {
         if !evict && !self.shared.settings.prewarm {
             return;
         }
+        // Nothing to start yet (being installed, or missing): the first message says why.
+        if !matches!(self.shared.cli_state(), CliState::Ready { .. }) {
+            return;
+        }
         let _ = self.command(record, Command::Warm { evict }).await;
     }
 
