@@ -3,6 +3,7 @@
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
+mod events;
 mod memory;
 mod rows;
 mod sqlite;
@@ -12,6 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::{SessionId, SessionRecord};
 
+pub use events::{EventStore, StoredEvent, TurnRecord, TurnStatus};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
