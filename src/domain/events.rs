@@ -21,7 +21,8 @@ pub struct ToolCall {
 }
 
 /// Token usage of one turn, as the CLI reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct TurnUsage {
     /// Input tokens.
     pub input_tokens: u64,

@@ -90,10 +90,11 @@ pub struct StoredEvent {
     pub at: DateTime<Utc>,
 }
 
-/// Where turns and events live.
+/// Where turns and events live. Writing for a session that no longer exists (deleted while its turn
+/// ran) changes nothing and is not an error.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Records a new running turn (its session must exist).
+    /// Records a new running turn.
     async fn begin_turn(&self, turn: &TurnRecord) -> Result<(), StoreError>;
     /// Appends events of one session, in one transaction. Their numbers continue the session's
     /// stream without a gap; a number already stored is refused (`Duplicate`).
@@ -101,7 +102,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends a turn's last events and records how it ended, in one transaction.
     async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError>;
     /// The session's events numbered after `after`, in order, at most `limit`.
-    async fn events_after(&self, session: SessionId, after: u64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn events_after(
+        &self,
+        session: SessionId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The session's highest event number (0 when it has none).
     async fn last_seq(&self, session: SessionId) -> Result<u64, StoreError>;
     /// The session's turns, oldest first, started before `before` (all when `None`); the newest

@@ -6,13 +6,23 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::RwLock;
 
-use super::{Expiry, LimitScope, Limits, SessionStore, StoreError};
-use crate::domain::{SessionId, SessionRecord};
+use super::{
+    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, TurnRecord, TurnStatus,
+};
+use crate::domain::{SessionId, SessionRecord, TurnId};
 
 /// Session records in a map.
 pub struct MemoryStore {
     records: RwLock<HashMap<SessionId, SessionRecord>>,
+    /// Turns and events per session (removed with the session).
+    history: RwLock<HashMap<SessionId, History>>,
     expiry: Expiry,
+}
+
+#[derive(Default)]
+struct History {
+    turns: Vec<TurnRecord>,
+    events: Vec<StoredEvent>,
 }
 
 impl MemoryStore {
@@ -20,6 +30,7 @@ impl MemoryStore {
     pub fn new(ttl_seconds: u64) -> Self {
         MemoryStore {
             records: RwLock::new(HashMap::new()),
+            history: RwLock::new(HashMap::new()),
             expiry: Expiry::new(ttl_seconds),
         }
     }
@@ -89,6 +100,7 @@ impl SessionStore for MemoryStore {
         if !records.get(&id).is_some_and(|r| self.expiry.is_live(r, cutoff)) {
             return Ok(None);
         }
+        self.history.write().await.remove(&id);
         Ok(records.remove(&id))
     }
 
@@ -102,6 +114,10 @@ impl SessionStore for MemoryStore {
             .filter(|r| r.last_active_at < cutoff)
             .map(|r| r.session_id)
             .collect();
+        let mut history = self.history.write().await;
+        for id in &expired {
+            history.remove(id);
+        }
         Ok(expired.iter().filter_map(|id| records.remove(id)).collect())
     }
 
@@ -116,5 +132,125 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Appends events after checking they continue the session's stream.
+    fn append_to(
+        history: &mut History,
+        session: SessionId,
+        events: &[StoredEvent],
+    ) -> Result<(), StoreError> {
+        let mut last = history.events.last().map(|e| e.seq).unwrap_or(0);
+        for event in events {
+            if event.seq <= last {
+                return Err(StoreError::Duplicate(session));
+            }
+            last = event.seq;
+        }
+        history.events.extend_from_slice(events);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn begin_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
+        if !self.records.read().await.contains_key(&turn.session_id) {
+            return Ok(());
+        }
+        let mut history = self.history.write().await;
+        history
+            .entry(turn.session_id)
+            .or_default()
+            .turns
+            .push(turn.clone());
+        Ok(())
+    }
+
+    async fn append_events(&self, session: SessionId, events: &[StoredEvent]) -> Result<(), StoreError> {
+        if !self.records.read().await.contains_key(&session) {
+            return Ok(());
+        }
+        let mut history = self.history.write().await;
+        Self::append_to(history.entry(session).or_default(), session, events)
+    }
+
+    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError> {
+        if !self.records.read().await.contains_key(&turn.session_id) {
+            return Ok(());
+        }
+        let mut history = self.history.write().await;
+        let history = history.entry(turn.session_id).or_default();
+        Self::append_to(history, turn.session_id, events)?;
+        if let Some(stored) = history.turns.iter_mut().find(|t| t.turn_id == turn.turn_id) {
+            *stored = turn.clone();
+        }
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        session: SessionId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let history = self.history.read().await;
+        Ok(history
+            .get(&session)
+            .map(|h| {
+                let start = h.events.partition_point(|e| e.seq <= after);
+                h.events[start..].iter().take(limit as usize).cloned().collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn last_seq(&self, session: SessionId) -> Result<u64, StoreError> {
+        let history = self.history.read().await;
+        Ok(history
+            .get(&session)
+            .and_then(|h| h.events.last())
+            .map(|e| e.seq)
+            .unwrap_or(0))
+    }
+
+    async fn turns(
+        &self,
+        session: SessionId,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>, StoreError> {
+        let history = self.history.read().await;
+        let mut turns: Vec<TurnRecord> = history
+            .get(&session)
+            .map(|h| {
+                h.turns
+                    .iter()
+                    .filter(|t| before.is_none_or(|b| t.started_at < b))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        turns.sort_by_key(|t| t.started_at);
+        let skip = turns.len().saturating_sub(limit as usize);
+        Ok(turns.split_off(skip))
+    }
+
+    async fn turn(&self, session: SessionId, turn: TurnId) -> Result<Option<TurnRecord>, StoreError> {
+        let history = self.history.read().await;
+        Ok(history
+            .get(&session)
+            .and_then(|h| h.turns.iter().find(|t| t.turn_id == turn))
+            .cloned())
+    }
+
+    async fn running_turns(&self) -> Result<Vec<TurnRecord>, StoreError> {
+        let history = self.history.read().await;
+        Ok(history
+            .values()
+            .flat_map(|h| h.turns.iter().filter(|t| t.status == TurnStatus::Running))
+            .cloned()
+            .collect())
     }
 }

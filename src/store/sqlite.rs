@@ -15,8 +15,10 @@ use sqlx::sqlite::{
 };
 
 use super::rows::StoredOptions;
-use super::{Expiry, LimitScope, Limits, SessionStore, StoreError};
-use crate::domain::{SessionId, SessionRecord};
+use super::{
+    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, TurnRecord, TurnStatus,
+};
+use crate::domain::{SessionId, SessionRecord, TurnId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -49,6 +51,8 @@ impl SqliteStore {
             // Deleted content (a purged session, a scrubbed column) is overwritten, not left in
             // free pages.
             .pragma("secure_delete", "ON")
+            // Deleting a session removes its turns and events.
+            .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -320,5 +324,231 @@ impl SessionStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// A turn as SQLite stores it.
+#[derive(sqlx::FromRow)]
+struct TurnRow {
+    session_id: String,
+    turn_id: String,
+    user_message: String,
+    status: String,
+    error_code: Option<String>,
+    text: String,
+    tool_calls: String,
+    usage: String,
+    cost_usd: f64,
+    started_at: i64,
+    finished_at: Option<i64>,
+}
+
+/// The columns of a turn, in `TurnRow`'s order.
+macro_rules! turn_columns {
+    () => {
+        "session_id, turn_id, user_message, status, error_code, text, tool_calls, usage, cost_usd, started_at, finished_at"
+    };
+}
+
+impl TryFrom<TurnRow> for TurnRecord {
+    type Error = StoreError;
+
+    fn try_from(row: TurnRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("turn {}: {what}", row.turn_id));
+        Ok(TurnRecord {
+            turn_id: TurnId(uuid::Uuid::parse_str(&row.turn_id).map_err(|_| corrupt("id"))?),
+            session_id: SessionId::parse(&row.session_id).ok_or_else(|| corrupt("session id"))?,
+            user_message: row.user_message.clone(),
+            status: TurnStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            error_code: row.error_code.clone(),
+            text: row.text.clone(),
+            tool_calls: serde_json::from_str(&row.tool_calls).map_err(|_| corrupt("tool calls"))?,
+            usage: serde_json::from_str(&row.usage).map_err(|_| corrupt("usage"))?,
+            cost_usd: row.cost_usd,
+            started_at: from_micros(row.started_at)?,
+            finished_at: row.finished_at.map(from_micros).transpose()?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    turn_id: String,
+    data: String,
+    at: i64,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(StoredEvent {
+            seq: u64::try_from(row.seq)
+                .map_err(|_| StoreError::Corrupt(format!("event number {}", row.seq)))?,
+            turn_id: TurnId(
+                uuid::Uuid::parse_str(&row.turn_id)
+                    .map_err(|_| StoreError::Corrupt(format!("event {}: turn id", row.seq)))?,
+            ),
+            data: row.data,
+            at: from_micros(row.at)?,
+        })
+    }
+}
+
+async fn insert_events(
+    tx: &mut sqlx::SqliteConnection,
+    session: SessionId,
+    events: &[StoredEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        let inserted = sqlx::query(
+            "INSERT INTO events (session_id, seq, turn_id, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(session.to_string())
+        .bind(to_sql_count(event.seq, "event number")?)
+        .bind(event.turn_id.to_string())
+        .bind(&event.data)
+        .bind(micros(event.at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Duplicate(session));
+            }
+            // The session was deleted: its events go with it.
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn begin_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
+        let sql = concat!(
+            "INSERT INTO turns (",
+            turn_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        );
+        let inserted = sqlx::query(sql)
+            .bind(turn.session_id.to_string())
+            .bind(turn.turn_id.to_string())
+            .bind(&turn.user_message)
+            .bind(turn.status.as_str())
+            .bind(&turn.error_code)
+            .bind(&turn.text)
+            .bind(turn.tool_calls.to_string())
+            .bind(serde_json::to_string(&turn.usage).expect("usage serializes"))
+            .bind(turn.cost_usd)
+            .bind(micros(turn.started_at))
+            .bind(turn.finished_at.map(micros))
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            // The session was deleted: its turns go with it.
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(()),
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    async fn append_events(&self, session: SessionId, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_events(&mut tx, session, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_events(&mut tx, turn.session_id, events).await?;
+        sqlx::query(
+            "UPDATE turns SET status = ?3, error_code = ?4, text = ?5, tool_calls = ?6, usage = ?7, cost_usd = ?8, \
+             finished_at = ?9 WHERE session_id = ?1 AND turn_id = ?2",
+        )
+        .bind(turn.session_id.to_string())
+        .bind(turn.turn_id.to_string())
+        .bind(turn.status.as_str())
+        .bind(&turn.error_code)
+        .bind(&turn.text)
+        .bind(turn.tool_calls.to_string())
+        .bind(serde_json::to_string(&turn.usage).expect("usage serializes"))
+        .bind(turn.cost_usd)
+        .bind(turn.finished_at.map(micros))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        session: SessionId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, turn_id, data, at FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(session.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn last_seq(&self, session: SessionId) -> Result<u64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE session_id = ?1")
+            .bind(session.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(last.unwrap_or(0)).map_err(|_| StoreError::Corrupt(format!("event number {last:?}")))
+    }
+
+    async fn turns(
+        &self,
+        session: SessionId,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT * FROM (SELECT ",
+            turn_columns!(),
+            " FROM turns WHERE session_id = ?1 AND started_at < ?2 ORDER BY started_at DESC LIMIT ?3) ORDER BY started_at"
+        );
+        let rows: Vec<TurnRow> = sqlx::query_as(sql)
+            .bind(session.to_string())
+            .bind(before.map(micros).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(TurnRecord::try_from).collect()
+    }
+
+    async fn turn(&self, session: SessionId, turn: TurnId) -> Result<Option<TurnRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            turn_columns!(),
+            " FROM turns WHERE session_id = ?1 AND turn_id = ?2"
+        );
+        let row: Option<TurnRow> = sqlx::query_as(sql)
+            .bind(session.to_string())
+            .bind(turn.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(TurnRecord::try_from).transpose()
+    }
+
+    async fn running_turns(&self) -> Result<Vec<TurnRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            turn_columns!(),
+            " FROM turns WHERE status = 'running' ORDER BY started_at"
+        );
+        let rows: Vec<TurnRow> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+        rows.into_iter().map(TurnRecord::try_from).collect()
     }
 }

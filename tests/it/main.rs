@@ -2,6 +2,7 @@
 
 mod chat;
 mod config;
+mod event_store;
 mod http_edges;
 mod layering;
 mod lifecycle;
