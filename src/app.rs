@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 use crate::agent::{DirectLauncher, Inherited, cli, tree};
 use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
-use crate::runtime::{CliState, NoEventLog, Runtime, RuntimeSettings};
+use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
-use crate::store::{Limits, MemoryStore, SessionStore, SqliteStore, StoreError};
+use crate::store::{EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -54,10 +54,14 @@ pub struct App {
 impl App {
     /// Opens the store and workspaces and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        let store: Arc<dyn SessionStore> = match config.session.storage {
-            StorageKind::Memory => Arc::new(MemoryStore::new(config.session.ttl)),
+        let (store, events): (Arc<dyn SessionStore>, Arc<dyn EventStore>) = match config.session.storage {
+            StorageKind::Memory => {
+                let store = Arc::new(MemoryStore::new(config.session.ttl));
+                (store.clone(), store)
+            }
             StorageKind::Sqlite => {
-                Arc::new(SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?)
+                let store = Arc::new(SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?);
+                (store.clone(), store)
             }
             StorageKind::Postgresql => {
                 return Err(StartupError::Storage(
@@ -98,7 +102,7 @@ impl App {
             store.clone(),
             workspaces.clone(),
             Arc::new(DirectLauncher),
-            Arc::new(NoEventLog),
+            events.clone(),
         ));
         if !runtime.has_cgroups() {
             tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);

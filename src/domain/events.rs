@@ -1,7 +1,7 @@
 //! What a turn produces: streamed events and the summary of a finished turn.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// One tool call made during a turn, with its result once known.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -77,7 +77,8 @@ impl std::fmt::Display for TurnId {
 }
 
 /// One event in a session's stream: its sequence number (per session, gap-free, increasing; the
-/// SSE `id`), the turn it belongs to, and the event.
+/// SSE `id`), the turn it belongs to, the event, and its wire form (made once: the same bytes go
+/// to every reader, to the store and to every replay).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEvent {
     /// Its place in the session's stream.
@@ -86,6 +87,8 @@ pub struct SessionEvent {
     pub turn: TurnId,
     /// What happened.
     pub event: TurnEvent,
+    /// The JSON text of its SSE `data:` line.
+    pub data: String,
 }
 
 /// Rounds a USD amount to 10 decimal places, so sums of float prices print as people write them
@@ -146,6 +149,59 @@ impl TurnEvent {
     pub fn is_terminal(&self) -> bool {
         matches!(self, TurnEvent::Done(_) | TurnEvent::Error { .. })
     }
+
+    /// The event's wire form: the JSON text of its SSE `data:` line, as every client, the store
+    /// and every replay see it. `text_delta`, most of a stream, is written without a `Value` tree.
+    pub fn wire_json(&self) -> String {
+        match self {
+            TurnEvent::TextDelta(text) => serde_json::to_string(&TextDeltaData {
+                kind: "text_delta",
+                text,
+            })
+            .expect("serializes"),
+            TurnEvent::ToolUse { name, input, id } => {
+                json!({"type": "tool_use", "tool_name": name, "tool_input": input, "tool_use_id": id})
+                    .to_string()
+            }
+            TurnEvent::ToolResult {
+                id,
+                content,
+                is_error,
+            } => json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error})
+                .to_string(),
+            TurnEvent::ApiRetry {
+                attempt,
+                max_retries,
+                delay_ms,
+                status,
+            } => json!({
+                "type": "api_retry", "attempt": attempt, "max_retries": max_retries,
+                "retry_delay_ms": delay_ms, "error_status": status,
+            })
+            .to_string(),
+            TurnEvent::Done(outcome) => json!({
+                "type": "done",
+                "text": outcome.text,
+                "usage": outcome.usage,
+                "total_cost_usd": outcome.total_cost_usd,
+                "duration_ms": outcome.duration_ms,
+                "num_turns": outcome.num_turns,
+                "stop_reason": outcome.stop_reason,
+            })
+            .to_string(),
+            TurnEvent::Error { code, message, .. } => {
+                json!({"type": "error", "error": message, "code": code.as_str()}).to_string()
+            }
+        }
+    }
+}
+
+/// The `text_delta` wire form.
+#[derive(Serialize)]
+struct TextDeltaData<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
 }
 
 /// Why a turn failed, as a stable machine code.
@@ -178,6 +234,8 @@ pub enum TurnErrorCode {
     SessionDeleted,
     /// This stream's reader fell too far behind and was dropped (the turn goes on).
     StreamLagged,
+    /// The service stopped (crashed or was killed) while the turn ran.
+    ServiceRestarted,
 }
 
 impl TurnErrorCode {
@@ -197,6 +255,7 @@ impl TurnErrorCode {
             TurnErrorCode::CredentialsMissing => "credentials_missing",
             TurnErrorCode::SessionDeleted => "session_deleted",
             TurnErrorCode::StreamLagged => "stream_lagged",
+            TurnErrorCode::ServiceRestarted => "service_restarted",
         }
     }
 }

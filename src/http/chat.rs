@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::AppState;
@@ -128,8 +128,6 @@ pub async fn chat_stream(
     let reader = TurnReader {
         events: ticket.events,
         turn: ticket.turn,
-        held: None,
-        lagged: None,
         finished: false,
     };
     let stream = futures_util::stream::unfold(reader, |mut reader| async move {
@@ -141,15 +139,17 @@ pub async fn chat_stream(
     Ok(([("x-accel-buffering", "no"), ("cache-control", "no-cache")], sse).into_response())
 }
 
-/// Reads one turn's events off the session's stream for one SSE response. Text deltas already
-/// waiting are merged into one SSE event (its id is the last merged event's number): the first
-/// is never held back, and a reader that fell behind catches up in few writes. A reader that falls
-/// further behind than the session's buffer is dropped with a `stream_lagged` error.
+/// One stored or live event as an SSE event: its number as `id`, its wire form as `data`.
+pub(super) fn sse_event(event: &SessionEvent) -> Event {
+    Event::default().id(event.seq.to_string()).data(&event.data)
+}
+
+/// Reads one turn's events off the session's stream for one SSE response: each event with its
+/// number as the SSE `id` and its stored wire form as `data`, exactly as a replay shows it. A reader
+/// that falls further behind than the session's buffer is dropped with a `stream_lagged` error.
 struct TurnReader {
     events: broadcast::Receiver<Arc<SessionEvent>>,
     turn: TurnId,
-    held: Option<Arc<SessionEvent>>,
-    lagged: Option<u64>,
     finished: bool,
 }
 
@@ -158,51 +158,17 @@ impl TurnReader {
         if self.finished {
             return None;
         }
-        if let Some(missed) = self.lagged.take() {
-            return Some(self.lag(missed));
-        }
-        let first = match self.held.take() {
-            Some(event) => event,
-            None => loop {
-                match self.events.recv().await {
-                    Ok(event) if event.turn == self.turn => break event,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => return Some(self.lag(missed)),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            },
-        };
-        let TurnEvent::TextDelta(text) = &first.event else {
-            self.finished = first.event.is_terminal();
-            return Some(
-                Event::default()
-                    .id(first.seq.to_string())
-                    .data(event_data(&first.event)),
-            );
-        };
-        let mut text = text.clone();
-        let mut seq = first.seq;
         loop {
-            match self.events.try_recv() {
-                Ok(event) if event.turn != self.turn => continue,
-                Ok(event) => match &event.event {
-                    TurnEvent::TextDelta(more) => {
-                        text.push_str(more);
-                        seq = event.seq;
-                    }
-                    _ => {
-                        self.held = Some(event);
-                        break;
-                    }
-                },
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    self.lagged = Some(missed);
-                    break;
+            match self.events.recv().await {
+                Ok(event) if event.turn == self.turn => {
+                    self.finished = event.event.is_terminal();
+                    return Some(sse_event(&event));
                 }
-                Err(_) => break,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => return Some(self.lag(missed)),
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
-        Some(Event::default().id(seq.to_string()).data(text_delta_data(&text)))
     }
 
     fn lag(&mut self, missed: u64) -> Event {
@@ -216,67 +182,5 @@ impl TurnReader {
             })
             .to_string(),
         )
-    }
-}
-
-fn text_delta_data(text: &str) -> String {
-    serde_json::to_string(&TextDeltaData {
-        kind: "text_delta",
-        text,
-    })
-    .expect("serializes")
-}
-
-/// The `text_delta` wire form, serialized without building a `Value` (it is most of a stream).
-#[derive(Serialize)]
-struct TextDeltaData<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-/// The JSON text of one event's `data:` line.
-fn event_data(event: &TurnEvent) -> String {
-    match event {
-        TurnEvent::TextDelta(text) => text_delta_data(text),
-        other => event_json(other).to_string(),
-    }
-}
-
-/// The wire form of one event.
-fn event_json(event: &TurnEvent) -> Value {
-    match event {
-        TurnEvent::TextDelta(text) => json!({"type": "text_delta", "text": text}),
-        TurnEvent::ToolUse { name, input, id } => {
-            json!({"type": "tool_use", "tool_name": name, "tool_input": input, "tool_use_id": id})
-        }
-        TurnEvent::ToolResult {
-            id,
-            content,
-            is_error,
-        } => {
-            json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error})
-        }
-        TurnEvent::ApiRetry {
-            attempt,
-            max_retries,
-            delay_ms,
-            status,
-        } => json!({
-            "type": "api_retry", "attempt": attempt, "max_retries": max_retries,
-            "retry_delay_ms": delay_ms, "error_status": status,
-        }),
-        TurnEvent::Done(outcome) => json!({
-            "type": "done",
-            "text": outcome.text,
-            "usage": outcome.usage,
-            "total_cost_usd": outcome.total_cost_usd,
-            "duration_ms": outcome.duration_ms,
-            "num_turns": outcome.num_turns,
-            "stop_reason": outcome.stop_reason,
-        }),
-        TurnEvent::Error { code, message, .. } => {
-            json!({"type": "error", "error": message, "code": code.as_str()})
-        }
     }
 }

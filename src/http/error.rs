@@ -140,7 +140,7 @@ impl ApiError {
             | TurnErrorCode::ServiceShutdown => S::SERVICE_UNAVAILABLE,
             TurnErrorCode::AgentUnresponsive => S::GATEWAY_TIMEOUT,
             TurnErrorCode::SessionDeleted => S::NOT_FOUND,
-            TurnErrorCode::StreamLagged => S::INTERNAL_SERVER_ERROR,
+            TurnErrorCode::StreamLagged | TurnErrorCode::ServiceRestarted => S::INTERNAL_SERVER_ERROR,
         };
         // A turn's message is written for its client (our words, or the model API's error), never
         // a store or host detail, so it stays visible on a 5xx too.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -22,6 +22,7 @@ use crate::agent::protocol::{self, AgentMessage};
 use crate::agent::tracker::TurnTracker;
 use crate::agent::{AgentProcess, ExitInfo, Output, SpawnSpec};
 use crate::domain::{SessionEvent, SessionId, SessionRecord, TurnErrorCode, TurnEvent, TurnId};
+use crate::store::{TurnRecord, TurnStatus};
 
 /// How long an interrupted CLI gets to end its turn before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
@@ -105,6 +106,7 @@ struct Turn {
     kill_at: Option<Instant>,
     attempts: u32,
     done: Option<oneshot::Sender<Arc<SessionEvent>>>,
+    started_at: DateTime<Utc>,
 }
 
 /// The actor's state. Only its own task touches it.
@@ -143,9 +145,18 @@ impl LiveSession {
         mut inbox: mpsc::Receiver<Command>,
     ) {
         let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+        // The stream continues where the store's left off (across restarts and idle periods).
+        let last_seq = match shared.events.last_seq(record.session_id).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::error!(session.id = %record.session_id, error = %e, "cannot read the session's last event number");
+                0
+            }
+        };
         let stream = SessionStream::new(
             record.session_id,
-            shared.event_log.clone(),
+            shared.events.clone(),
+            last_seq,
             shared.settings.stream_buffer,
         );
         let mut live = LiveSession {
@@ -240,7 +251,22 @@ impl LiveSession {
             .min()
             .map(|limit| now + limit);
         let (done_tx, done_rx) = oneshot::channel();
+        let started_at = Utc::now();
+        self.stream.begin(TurnRecord {
+            turn_id: id,
+            session_id: self.record.session_id,
+            user_message: message.clone(),
+            status: TurnStatus::Running,
+            error_code: None,
+            text: String::new(),
+            tool_calls: serde_json::Value::Array(Vec::new()),
+            usage: Default::default(),
+            cost_usd: 0.0,
+            started_at,
+            finished_at: None,
+        });
         self.turn = Some(Turn {
+            started_at,
             id,
             message,
             phase: Phase::Queued,
@@ -581,7 +607,8 @@ impl LiveSession {
         if let TurnEvent::Error { code, message, .. } = &terminal {
             tracing::warn!(session.id = %id, turn.id = %turn.id, error.code = code.as_str(), error.message = %message, "turn failed");
         }
-        let event = self.stream.publish(turn.id, terminal);
+        let record = self.finished_record(&turn, &terminal);
+        let event = self.stream.finish(record, terminal).await;
         if let Some(done) = turn.done.take() {
             let _ = done.send(event);
         }
@@ -592,6 +619,37 @@ impl LiveSession {
         if gone {
             // Closed by the main loop (closing from here would recurse through the turn's end).
             self.doomed = true;
+        }
+    }
+
+    /// The record of a turn that ended with `terminal`.
+    fn finished_record(&self, turn: &Turn, terminal: &TurnEvent) -> TurnRecord {
+        let (status, error_code, outcome) = match terminal {
+            TurnEvent::Done(outcome) => (TurnStatus::Completed, None, Some(outcome)),
+            TurnEvent::Error { code, partial, .. } => (
+                match code {
+                    TurnErrorCode::Interrupted | TurnErrorCode::SessionDeleted => TurnStatus::Interrupted,
+                    TurnErrorCode::TurnTimeout => TurnStatus::TimedOut,
+                    _ => TurnStatus::Failed,
+                },
+                Some(code.as_str().to_string()),
+                Some(partial),
+            ),
+            _ => (TurnStatus::Failed, None, None),
+        };
+        let outcome = outcome.cloned().unwrap_or_default();
+        TurnRecord {
+            turn_id: turn.id,
+            session_id: self.record.session_id,
+            user_message: turn.message.clone(),
+            status,
+            error_code,
+            tool_calls: serde_json::to_value(&outcome.tool_calls).unwrap_or_default(),
+            text: outcome.text,
+            usage: outcome.usage,
+            cost_usd: outcome.total_cost_usd,
+            started_at: turn.started_at,
+            finished_at: Some(Utc::now()),
         }
     }
 

@@ -20,12 +20,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::workspace::create_private_dir;
 use live::{Close, Command, LiveSession};
 pub use live::{SendRefusal, TurnTicket};
-pub use stream::{EventLog, NoEventLog};
 
 use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
 use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
 use crate::domain::{SessionId, SessionRecord};
-use crate::store::SessionStore;
+use crate::store::{EventStore, SessionStore};
 use crate::workspace::Workspaces;
 
 /// Commands a live session may have waiting; a caller beyond this waits its turn.
@@ -150,7 +149,7 @@ pub(crate) struct Shared {
     launcher: Arc<dyn Launcher>,
     store: Arc<dyn SessionStore>,
     workspaces: Workspaces,
-    event_log: Arc<dyn EventLog>,
+    events: Arc<dyn EventStore>,
     cgroups: Option<CgroupRoot>,
     cli: RwLock<CliState>,
     registry: Mutex<HashMap<SessionId, Entry>>,
@@ -173,7 +172,7 @@ impl Runtime {
         store: Arc<dyn SessionStore>,
         workspaces: Workspaces,
         launcher: Arc<dyn Launcher>,
-        event_log: Arc<dyn EventLog>,
+        events: Arc<dyn EventStore>,
     ) -> Runtime {
         let cgroups = if settings.use_cgroups {
             match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
@@ -204,7 +203,7 @@ impl Runtime {
                 launcher,
                 store,
                 workspaces,
-                event_log,
+                events,
                 cgroups,
                 cli: RwLock::new(CliState::Looking),
                 registry: Mutex::new(HashMap::new()),

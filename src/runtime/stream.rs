@@ -1,64 +1,95 @@
-//! One numbered event stream per session: every event of every turn passes `SessionStream::publish`,
-//! which gives it the session's next sequence number, hands it to the event log (the seam where
-//! events become durable), and fans it out to the turn's readers on a bounded broadcast. A reader
-//! that falls more than the buffer behind is dropped (`Lagged`), never buffered without limit.
+//! One numbered event stream per session: every event of every turn passes `SessionStream`, which
+//! gives it the session's next sequence number, makes its wire form once, queues it for the
+//! store, and fans it out to live readers on a bounded broadcast (a reader that falls more than the
+//! buffer behind is dropped, never buffered without limit).
+//!
+//! Writing never slows the stream: a writer task per session stores what has queued up in one
+//! transaction while the next events queue behind it (one write per few milliseconds of deltas,
+//! not one per delta). Only a turn's terminal event waits: it reaches readers after every event of
+//! its turn, and the turn's record, are durable.
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::domain::{SessionEvent, SessionId, TurnEvent, TurnId};
+use crate::store::{EventStore, StoredEvent, TurnRecord};
 
-/// Where a session's events go to be kept. The runtime calls it once per event, in sequence
-/// order, from the session's actor; an implementation must not block (queue and batch instead).
-pub trait EventLog: Send + Sync {
-    /// The last sequence number stored for a session (0 if none), so a restarted stream continues.
-    fn last_seq(&self, session: SessionId) -> u64;
-    /// Records one event.
-    fn append(&self, session: SessionId, event: &SessionEvent);
-}
-
-/// An event log that keeps nothing (events live only in the fan-out buffer).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoEventLog;
-
-impl EventLog for NoEventLog {
-    fn last_seq(&self, _: SessionId) -> u64 {
-        0
-    }
-
-    fn append(&self, _: SessionId, _: &SessionEvent) {}
+/// What the writer task is asked to store, in order.
+enum Write {
+    Begin(TurnRecord),
+    Event(StoredEvent),
+    Finish(TurnRecord, StoredEvent, oneshot::Sender<()>),
 }
 
 /// A session's numbered stream of events.
 pub struct SessionStream {
-    session: SessionId,
     next_seq: u64,
     fanout: broadcast::Sender<Arc<SessionEvent>>,
-    log: Arc<dyn EventLog>,
+    writes: mpsc::UnboundedSender<Write>,
 }
 
 impl SessionStream {
-    /// A stream continuing after what `log` holds, fanning out through `buffer` events.
-    pub fn new(session: SessionId, log: Arc<dyn EventLog>, buffer: usize) -> Self {
+    /// A stream continuing after event `last_seq`, fanning out through `buffer` events, storing in
+    /// `store`.
+    pub fn new(session: SessionId, store: Arc<dyn EventStore>, last_seq: u64, buffer: usize) -> Self {
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_events(session, store, queue));
         SessionStream {
-            session,
-            next_seq: log.last_seq(session) + 1,
+            next_seq: last_seq + 1,
             fanout: broadcast::channel(buffer.max(1)).0,
-            log,
+            writes,
         }
     }
 
-    /// Numbers, records and fans out one event.
-    pub fn publish(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
+    /// Records that a turn has begun.
+    pub fn begin(&self, turn: TurnRecord) {
+        let _ = self.writes.send(Write::Begin(turn));
+    }
+
+    fn number(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
+        let data = event.wire_json();
         let event = Arc::new(SessionEvent {
             seq: self.next_seq,
             turn,
             event,
+            data,
         });
         self.next_seq += 1;
-        self.log.append(self.session, &event);
+        event
+    }
+
+    fn stored(event: &SessionEvent) -> StoredEvent {
+        StoredEvent {
+            seq: event.seq,
+            turn_id: event.turn,
+            data: event.data.clone(),
+            at: Utc::now(),
+        }
+    }
+
+    /// Numbers, queues for the store and fans out one event of a running turn.
+    pub fn publish(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
+        let event = self.number(turn, event);
+        let _ = self.writes.send(Write::Event(Self::stored(&event)));
         // No reader is fine: the turn goes on without an audience.
+        let _ = self.fanout.send(event.clone());
+        event
+    }
+
+    /// Numbers a turn's terminal event, stores it with the turn's record (after everything queued
+    /// before it), and only then fans it out.
+    pub async fn finish(&mut self, record: TurnRecord, terminal: TurnEvent) -> Arc<SessionEvent> {
+        let event = self.number(record.turn_id, terminal);
+        let (stored, durable) = oneshot::channel();
+        if self
+            .writes
+            .send(Write::Finish(record, Self::stored(&event), stored))
+            .is_ok()
+        {
+            let _ = durable.await;
+        }
         let _ = self.fanout.send(event.clone());
         event
     }
@@ -68,19 +99,65 @@ impl SessionStream {
         self.fanout.subscribe()
     }
 
-    /// How many readers are attached now.
-    pub fn readers(&self) -> usize {
-        self.fanout.receiver_count()
+    /// The number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
+}
+
+/// Stores a session's writes in order, batching the events that queued up meanwhile.
+async fn write_events(
+    session: SessionId,
+    store: Arc<dyn EventStore>,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+) {
+    let mut events: Vec<StoredEvent> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            batch.push(more);
+        }
+        for write in batch {
+            match write {
+                Write::Event(event) => events.push(event),
+                Write::Begin(turn) => {
+                    flush(session, store.as_ref(), &mut events).await;
+                    if let Err(e) = store.begin_turn(&turn).await {
+                        tracing::error!(session.id = %session, turn.id = %turn.turn_id, error = %e, "cannot record the turn's start");
+                    }
+                }
+                Write::Finish(turn, terminal, durable) => {
+                    events.push(terminal);
+                    if let Err(e) = store.finish_turn(&turn, &events).await {
+                        tracing::error!(session.id = %session, turn.id = %turn.turn_id, error = %e, "cannot record the turn's end");
+                    }
+                    events.clear();
+                    let _ = durable.send(());
+                }
+            }
+        }
+        flush(session, store.as_ref(), &mut events).await;
+    }
+}
+
+async fn flush(session: SessionId, store: &dyn EventStore, events: &mut Vec<StoredEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = store.append_events(session, events).await {
+        tracing::error!(session.id = %session, count = events.len(), error = %e, "cannot store events");
+    }
+    events.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
 
-    #[test]
-    fn events_are_numbered_in_order_and_a_slow_reader_lags() {
-        let mut stream = SessionStream::new(SessionId::new(), Arc::new(NoEventLog), 4);
+    #[tokio::test]
+    async fn events_are_numbered_in_order_and_a_slow_reader_lags() {
+        let mut stream = SessionStream::new(SessionId::new(), Arc::new(MemoryStore::new(0)), 0, 4);
         let turn = TurnId::new();
         let mut fast = stream.subscribe();
         let mut slow = stream.subscribe();
