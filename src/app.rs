@@ -104,6 +104,7 @@ impl App {
             Arc::new(DirectLauncher),
             events.clone(),
         ));
+        runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {
             tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
         }
@@ -111,6 +112,7 @@ impl App {
             store,
             workspaces,
             runtime.clone(),
+            events,
             Limits {
                 max_total: config.api.max_sessions,
                 max_per_user: config.api.max_sessions_per_user,

@@ -68,6 +68,11 @@ impl ApiError {
         }
     }
 
+    /// 422 `invalid_request`: what is wrong with the input.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
+    }
+
     /// 404 for a session id that is unknown (or not even a UUID).
     pub fn session_not_found(id: &str) -> Self {
         Self::new(
@@ -279,6 +284,7 @@ impl From<SessionError> for ApiError {
         use StatusCode as S;
         let (status, code) = match &error {
             SessionError::NotFound(_) => (S::NOT_FOUND, "session_not_found"),
+            SessionError::TurnNotFound(_) => (S::NOT_FOUND, "turn_not_found"),
             SessionError::LimitReached(_) => (S::TOO_MANY_REQUESTS, "session_limit_reached"),
             SessionError::Workspace(e) => match e {
                 WorkspaceError::InvalidUserId(_) => (S::UNPROCESSABLE_ENTITY, "invalid_user_id"),

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod error;
 pub mod health;
+pub mod history;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -56,9 +57,12 @@ impl AppState {
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::resume_session, sessions::delete_session, sessions::interrupt_session,
         chat::chat, chat::chat_stream,
+        history::session_events, history::list_turns, history::get_turn, history::list_messages,
+        health::livez, health::readyz,
     ),
     tags((name = "sessions", description = "Create, inspect, resume and delete sessions"),
          (name = "chat", description = "Talk to a session's agent, whole or streamed"),
+         (name = "history", description = "A session's events (replayable), turns and conversation"),
          (name = "service", description = "Health and service information")),
 )]
 pub struct ApiDoc;
@@ -92,6 +96,19 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route(
             "/api/v1/sessions/{session_id}/interrupt",
             post(sessions::interrupt_session),
+        )
+        .route(
+            "/api/v1/sessions/{session_id}/events",
+            get(history::session_events),
+        )
+        .route("/api/v1/sessions/{session_id}/turns", get(history::list_turns))
+        .route(
+            "/api/v1/sessions/{session_id}/turns/{turn_id}",
+            get(history::get_turn),
+        )
+        .route(
+            "/api/v1/sessions/{session_id}/messages",
+            get(history::list_messages),
         )
         .route("/api/v1/chat", post(chat::chat))
         .route("/api/v1/chat/stream", post(chat::chat_stream))

@@ -39,6 +39,10 @@ pub(super) enum Command {
         timeout: Option<Duration>,
         reply: oneshot::Sender<Result<TurnTicket, SendRefusal>>,
     },
+    /// A reader of the session's live events from now on.
+    Subscribe {
+        reply: oneshot::Sender<broadcast::Receiver<Arc<SessionEvent>>>,
+    },
     /// Stop the running turn; answers whether one was running.
     Interrupt { reply: oneshot::Sender<bool> },
     /// Start the CLI ahead of need (evicting idle agents for room only if `evict`).
@@ -210,8 +214,11 @@ impl LiveSession {
                 timeout,
                 reply,
             } => {
-                let result = self.begin_turn(message, timeout);
+                let result = self.begin_turn(message, timeout).await;
                 let _ = reply.send(result);
+            }
+            Command::Subscribe { reply } => {
+                let _ = reply.send(self.stream.subscribe());
             }
             Command::Interrupt { reply } => {
                 let _ = reply.send(self.stop_turn(TurnErrorCode::Interrupted).await);
@@ -235,7 +242,11 @@ impl LiveSession {
         }
     }
 
-    fn begin_turn(&mut self, message: String, timeout: Option<Duration>) -> Result<TurnTicket, SendRefusal> {
+    async fn begin_turn(
+        &mut self,
+        message: String,
+        timeout: Option<Duration>,
+    ) -> Result<TurnTicket, SendRefusal> {
         if self.closed {
             return Err(SendRefusal::Closed);
         }
@@ -252,19 +263,21 @@ impl LiveSession {
             .map(|limit| now + limit);
         let (done_tx, done_rx) = oneshot::channel();
         let started_at = Utc::now();
-        self.stream.begin(TurnRecord {
-            turn_id: id,
-            session_id: self.record.session_id,
-            user_message: message.clone(),
-            status: TurnStatus::Running,
-            error_code: None,
-            text: String::new(),
-            tool_calls: serde_json::Value::Array(Vec::new()),
-            usage: Default::default(),
-            cost_usd: 0.0,
-            started_at,
-            finished_at: None,
-        });
+        self.stream
+            .begin(TurnRecord {
+                turn_id: id,
+                session_id: self.record.session_id,
+                user_message: message.clone(),
+                status: TurnStatus::Running,
+                error_code: None,
+                text: String::new(),
+                tool_calls: serde_json::Value::Array(Vec::new()),
+                usage: Default::default(),
+                cost_usd: 0.0,
+                started_at,
+                finished_at: None,
+            })
+            .await;
         self.turn = Some(Turn {
             started_at,
             id,
@@ -538,7 +551,7 @@ impl LiveSession {
                         self.finish_turn(event).await;
                         return;
                     }
-                    self.stream.publish(id, event);
+                    self.stream.publish(id, event).await;
                 }
             }
         }

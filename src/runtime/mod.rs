@@ -215,6 +215,33 @@ impl Runtime {
         }
     }
 
+    /// Ends the turns a previous instance left running (it crashed or was killed): each gets its
+    /// terminal `error` event (`service_restarted`) and is recorded as failed; returns how many.
+    /// Call once at startup, before any session is live.
+    pub async fn recover_interrupted_turns(&self) -> Result<usize, crate::store::StoreError> {
+        let events = &self.shared.events;
+        let running = events.running_turns().await?;
+        for mut turn in running.iter().cloned() {
+            let terminal = crate::domain::TurnEvent::Error {
+                code: crate::domain::TurnErrorCode::ServiceRestarted,
+                message: "the service stopped while this turn ran; send the message again".into(),
+                partial: Default::default(),
+            };
+            let event = crate::store::StoredEvent {
+                seq: events.last_seq(turn.session_id).await? + 1,
+                turn_id: turn.turn_id,
+                data: terminal.wire_json(),
+                at: chrono::Utc::now(),
+            };
+            turn.status = crate::store::TurnStatus::Failed;
+            turn.error_code = Some(crate::domain::TurnErrorCode::ServiceRestarted.as_str().into());
+            turn.finished_at = Some(chrono::Utc::now());
+            events.finish_turn(&turn, &[event]).await?;
+            tracing::warn!(session.id = %turn.session_id, turn.id = %turn.turn_id, "a turn was cut short by a service restart");
+        }
+        Ok(running.len())
+    }
+
     /// Whether sessions run in cgroups (else the best-effort marker fallback is in use).
     pub fn has_cgroups(&self) -> bool {
         self.shared.cgroups.is_some()
@@ -253,6 +280,17 @@ impl Runtime {
         )
         .await?;
         answer.await.unwrap_or(Err(SendRefusal::Closed))
+    }
+
+    /// A reader of the session's events from now on (its running turn's and every later one's);
+    /// `None` when the runtime is closing.
+    pub async fn subscribe(
+        &self,
+        record: &SessionRecord,
+    ) -> Option<tokio::sync::broadcast::Receiver<Arc<crate::domain::SessionEvent>>> {
+        let (reply, answer) = oneshot::channel();
+        self.command(record, Command::Subscribe { reply }).await.ok()?;
+        answer.await.ok()
     }
 
     /// Stops the session's running turn; false if none runs.

@@ -3,10 +3,11 @@
 //! store, and fans it out to live readers on a bounded broadcast (a reader that falls more than the
 //! buffer behind is dropped, never buffered without limit).
 //!
-//! Writing never slows the stream: a writer task per session stores what has queued up in one
+//! Writing does not slow the stream: a writer task per session stores what has queued up in one
 //! transaction while the next events queue behind it (one write per few milliseconds of deltas,
-//! not one per delta). Only a turn's terminal event waits: it reaches readers after every event of
-//! its turn, and the turn's record, are durable.
+//! not one per delta). The queue is bounded (`WRITE_QUEUE`): only a store that cannot keep up at
+//! all holds the agent back, rather than memory growing without limit. A turn's terminal event
+//! reaches readers after every event of its turn, and the turn's record, are durable.
 
 use std::sync::Arc;
 
@@ -15,6 +16,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::domain::{SessionEvent, SessionId, TurnEvent, TurnId};
 use crate::store::{EventStore, StoredEvent, TurnRecord};
+
+/// Writes queued for the store per session before the agent waits for the store.
+const WRITE_QUEUE: usize = 1024;
 
 /// What the writer task is asked to store, in order.
 enum Write {
@@ -27,14 +31,14 @@ enum Write {
 pub struct SessionStream {
     next_seq: u64,
     fanout: broadcast::Sender<Arc<SessionEvent>>,
-    writes: mpsc::UnboundedSender<Write>,
+    writes: mpsc::Sender<Write>,
 }
 
 impl SessionStream {
     /// A stream continuing after event `last_seq`, fanning out through `buffer` events, storing in
     /// `store`.
     pub fn new(session: SessionId, store: Arc<dyn EventStore>, last_seq: u64, buffer: usize) -> Self {
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_events(session, store, queue));
         SessionStream {
             next_seq: last_seq + 1,
@@ -44,8 +48,8 @@ impl SessionStream {
     }
 
     /// Records that a turn has begun.
-    pub fn begin(&self, turn: TurnRecord) {
-        let _ = self.writes.send(Write::Begin(turn));
+    pub async fn begin(&self, turn: TurnRecord) {
+        let _ = self.writes.send(Write::Begin(turn)).await;
     }
 
     fn number(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
@@ -70,9 +74,9 @@ impl SessionStream {
     }
 
     /// Numbers, queues for the store and fans out one event of a running turn.
-    pub fn publish(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
+    pub async fn publish(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
         let event = self.number(turn, event);
-        let _ = self.writes.send(Write::Event(Self::stored(&event)));
+        let _ = self.writes.send(Write::Event(Self::stored(&event))).await;
         // No reader is fine: the turn goes on without an audience.
         let _ = self.fanout.send(event.clone());
         event
@@ -86,6 +90,7 @@ impl SessionStream {
         if self
             .writes
             .send(Write::Finish(record, Self::stored(&event), stored))
+            .await
             .is_ok()
         {
             let _ = durable.await;
@@ -106,11 +111,7 @@ impl SessionStream {
 }
 
 /// Stores a session's writes in order, batching the events that queued up meanwhile.
-async fn write_events(
-    session: SessionId,
-    store: Arc<dyn EventStore>,
-    mut queue: mpsc::UnboundedReceiver<Write>,
-) {
+async fn write_events(session: SessionId, store: Arc<dyn EventStore>, mut queue: mpsc::Receiver<Write>) {
     let mut events: Vec<StoredEvent> = Vec::new();
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -162,7 +163,7 @@ mod tests {
         let mut fast = stream.subscribe();
         let mut slow = stream.subscribe();
         for i in 0..10 {
-            let event = stream.publish(turn, TurnEvent::TextDelta(i.to_string()));
+            let event = stream.publish(turn, TurnEvent::TextDelta(i.to_string())).await;
             assert_eq!(event.seq, i + 1);
             assert_eq!(fast.try_recv().unwrap().seq, i + 1);
         }

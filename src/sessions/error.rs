@@ -15,6 +15,9 @@ pub enum SessionError {
     /// The user id or subdirectory was refused.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// No such turn in this session.
+    #[error("Turn {0} not found")]
+    TurnNotFound(String),
     /// A turn is already running in this session.
     #[error("Session {0} is busy with another message")]
     Busy(String),

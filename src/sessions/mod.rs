@@ -10,13 +10,24 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentOptions, SessionId, SessionRecord};
+use crate::domain::{AgentOptions, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
-use crate::store::{Limits, SessionStore, StoreError};
+use crate::store::{EventStore, Limits, SessionStore, StoreError};
 use crate::workspace::Workspaces;
 
 pub use crate::runtime::CliState;
+pub use crate::store::{StoredEvent, TurnRecord};
 pub use error::SessionError;
+
+/// A watch on one session's events: the live reader and the store behind it.
+pub struct Watch {
+    /// The session.
+    pub session: SessionId,
+    /// Events published since the watch began (bounded: a slow watcher lags).
+    pub live: tokio::sync::broadcast::Receiver<Arc<SessionEvent>>,
+    /// Where earlier (and not yet seen) events are read from.
+    pub events: Arc<dyn EventStore>,
+}
 
 /// What a client asks for when creating a session.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +47,7 @@ pub struct Sessions {
     limits: Limits,
     defaults: AgentOptions,
     runtime: Arc<Runtime>,
+    events: Arc<dyn EventStore>,
 }
 
 impl Sessions {
@@ -44,10 +56,12 @@ impl Sessions {
         store: Arc<dyn SessionStore>,
         workspaces: Workspaces,
         runtime: Arc<Runtime>,
+        events: Arc<dyn EventStore>,
         limits: Limits,
         defaults: AgentOptions,
     ) -> Self {
         Sessions {
+            events,
             store,
             workspaces,
             limits,
@@ -162,6 +176,53 @@ impl Sessions {
     pub async fn interrupt(&self, id: SessionId) -> Result<bool, SessionError> {
         self.get(id).await?;
         Ok(self.runtime.interrupt(id).await)
+    }
+
+    /// The session's stored events numbered after `after`, at most `limit`.
+    pub async fn events_after(
+        &self,
+        id: SessionId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, SessionError> {
+        self.get(id).await?;
+        Ok(self.events.events_after(id, after, limit).await?)
+    }
+
+    /// Watches a session: a live reader (subscribed first, so nothing published from now on is
+    /// missed) and the store for what came before.
+    pub async fn watch(&self, id: SessionId) -> Result<Watch, SessionError> {
+        let record = self.get(id).await?;
+        let live = self
+            .runtime
+            .subscribe(&record)
+            .await
+            .ok_or(SessionError::ShuttingDown)?;
+        Ok(Watch {
+            session: id,
+            live,
+            events: self.events.clone(),
+        })
+    }
+
+    /// The session's turns, oldest first: the newest `limit` started before `before`.
+    pub async fn turns(
+        &self,
+        id: SessionId,
+        before: Option<chrono::DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<TurnRecord>, SessionError> {
+        self.get(id).await?;
+        Ok(self.events.turns(id, before, limit).await?)
+    }
+
+    /// One turn of the session.
+    pub async fn turn(&self, id: SessionId, turn: TurnId) -> Result<TurnRecord, SessionError> {
+        self.get(id).await?;
+        self.events
+            .turn(id, turn)
+            .await?
+            .ok_or_else(|| SessionError::TurnNotFound(turn.to_string()))
     }
 
     /// The live agents of this instance.

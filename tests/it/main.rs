@@ -3,6 +3,7 @@
 mod chat;
 mod config;
 mod event_store;
+mod history;
 mod http_edges;
 mod layering;
 mod lifecycle;
