@@ -14,7 +14,7 @@ use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
-use crate::store::{EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError};
+use crate::store::{EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError, TranscriptStore};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -54,14 +54,19 @@ pub struct App {
 impl App {
     /// Opens the store and workspaces and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        let (store, events): (Arc<dyn SessionStore>, Arc<dyn EventStore>) = match config.session.storage {
+        type Stores = (
+            Arc<dyn SessionStore>,
+            Arc<dyn EventStore>,
+            Arc<dyn TranscriptStore>,
+        );
+        let (store, events, transcripts): Stores = match config.session.storage {
             StorageKind::Memory => {
                 let store = Arc::new(MemoryStore::new(config.session.ttl));
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
             StorageKind::Sqlite => {
                 let store = Arc::new(SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?);
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
             StorageKind::Postgresql => {
                 return Err(StartupError::Storage(
@@ -103,6 +108,7 @@ impl App {
             workspaces.clone(),
             Arc::new(DirectLauncher),
             events.clone(),
+            transcripts,
         ));
         runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {

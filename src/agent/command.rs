@@ -201,6 +201,8 @@ impl SpawnSpec {
             self.mcp_config.as_ref()
         };
         let mut args = cli_args(self.session, self.resume, &self.options, mcp_config);
+        // Every transcript line also comes on stdout, so the store keeps it (resume on any disk).
+        args.push("--session-mirror".into());
         args.push(format!("--settings={AGENT_SETTINGS}"));
         if self.features.await_initialize {
             args.push("--await-initialize".into());

@@ -50,6 +50,13 @@ pub enum AgentMessage {
         /// The answer, or the CLI's error message.
         outcome: Result<Value, String>,
     },
+    /// Lines the CLI appended to its transcript (`--session-mirror`), each as JSON text.
+    TranscriptMirror {
+        /// The transcript file.
+        file_path: String,
+        /// The lines, in order.
+        lines: Vec<String>,
+    },
     /// Anything else, untouched.
     Other(Value),
 }
@@ -176,6 +183,13 @@ pub fn parse_line(line: &str) -> Result<AgentMessage, serde_json::Error> {
                 .map(|ms| ms.max(0.0).round() as u64)
                 .unwrap_or_default(),
             status: value["error_status"].as_u64(),
+        },
+        "transcript_mirror" => AgentMessage::TranscriptMirror {
+            file_path: value["filePath"].as_str().unwrap_or_default().to_string(),
+            lines: value["entries"]
+                .as_array()
+                .map(|entries| entries.iter().map(Value::to_string).collect())
+                .unwrap_or_default(),
         },
         "result" => AgentMessage::Result(Box::new(turn_result(&value))),
         "control_request" => AgentMessage::ControlRequest {

@@ -106,6 +106,7 @@ impl TurnTracker {
             AgentMessage::Result(result) => vec![self.finish(*result)],
             AgentMessage::ControlRequest { .. }
             | AgentMessage::ControlResponse { .. }
+            | AgentMessage::TranscriptMirror { .. }
             | AgentMessage::Other(_) => Vec::new(),
         }
     }

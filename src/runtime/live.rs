@@ -160,6 +160,7 @@ impl LiveSession {
         let stream = SessionStream::new(
             record.session_id,
             shared.events.clone(),
+            shared.transcripts.clone(),
             last_seq,
             shared.settings.stream_buffer,
         );
@@ -414,6 +415,33 @@ impl LiveSession {
         }
     }
 
+    /// Writes the session's transcript back from the store when the local file is missing or
+    /// shorter (a wiped or new disk, or a CLI killed before it flushed), so `--resume` sees every turn.
+    async fn restore_transcript(&self) {
+        let id = self.id();
+        let saved = match self.shared.transcripts.transcript(id).await {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(session.id = %id, error = %e, "cannot read the stored transcript; resuming from the local one");
+                return;
+            }
+        };
+        let config_dir = self.shared.config_dir(&self.record.user_id);
+        let restored =
+            tokio::task::spawn_blocking(move || restore_transcript_file(&config_dir, &saved)).await;
+        match restored {
+            Ok(Ok(true)) => {
+                tracing::info!(session.id = %id, "restored the agent's transcript from the store")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(session.id = %id, error = %e, "cannot restore the agent's transcript")
+            }
+            Err(e) => tracing::warn!(session.id = %id, error = %e, "cannot restore the agent's transcript"),
+        }
+    }
+
     fn initialize_request(&self, features: CliFeatures) -> serde_json::Value {
         let mut request = json!({"subtype": "initialize", "hooks": null});
         if features.await_initialize && !self.shared.settings.mcp_servers.is_empty() {
@@ -449,6 +477,7 @@ impl LiveSession {
             }
             CliState::Missing(why) => return Err(StartFailure::Unavailable(why)),
         };
+        self.restore_transcript().await;
         let shared = self.shared.clone();
         let record = self.record.clone();
         // Directory checks, the MCP file and the cgroup are file system work: off the workers.
@@ -491,6 +520,16 @@ impl LiveSession {
                 let answer = self.policy.answer_line(&request_id, &request);
                 if let Some(process) = &self.process {
                     process.write_line(&answer);
+                }
+            }
+            AgentMessage::TranscriptMirror { file_path, lines } => {
+                // Kept whenever it comes (a last line may follow the turn's result).
+                let config_dir = self.shared.config_dir(&self.record.user_id);
+                match std::path::Path::new(&file_path).strip_prefix(&config_dir) {
+                    Ok(path) => self.stream.transcript(path.display().to_string(), lines).await,
+                    Err(_) => {
+                        tracing::warn!(session.id = %self.id(), "the agent's transcript is outside its config dir; not kept")
+                    }
                 }
             }
             AgentMessage::ControlResponse { request_id, outcome } => {
@@ -870,6 +909,11 @@ pub(super) fn prepare(
         tracing::error!(path = %config_dir.display(), error = %e, "cannot create the agent's config dir");
         "cannot prepare the agent's state directory".to_string()
     })?;
+    // A workspace lost with its disk comes back empty (where user.auto_create_dir allows it): the
+    // conversation itself is restored from the store.
+    let _ = shared
+        .workspaces
+        .resolve(&record.user_id, record.subdir.as_deref());
     let cwd_dir = shared
         .workspaces
         .open(&record.user_id, record.subdir.as_deref())
@@ -925,6 +969,39 @@ pub(super) fn prepare(
         features,
     };
     Ok((spec, cwd_dir, cgroup))
+}
+
+/// Writes `saved` to its file under `config_dir` unless the file already has as many lines; true
+/// if it wrote.
+fn restore_transcript_file(
+    config_dir: &std::path::Path,
+    saved: &crate::store::Transcript,
+) -> std::io::Result<bool> {
+    let relative = std::path::Path::new(&saved.path);
+    // Only a plain relative path below the config dir.
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(std::io::Error::other(
+            "the stored transcript path is not below the config dir",
+        ));
+    }
+    let path = config_dir.join(relative);
+    let local = std::fs::read_to_string(&path)
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    if local >= saved.lines.len() {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        super::create_private_dir(parent)?;
+    }
+    let mut text = saved.lines.join("\n");
+    text.push('\n');
+    write_private(&path, text.as_bytes())?;
+    Ok(true)
 }
 
 fn next_cgroup_number() -> u64 {

@@ -24,7 +24,7 @@ pub use live::{SendRefusal, TurnTicket};
 use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
 use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
 use crate::domain::{SessionId, SessionRecord};
-use crate::store::{EventStore, SessionStore};
+use crate::store::{EventStore, SessionStore, TranscriptStore};
 use crate::workspace::Workspaces;
 
 /// Commands a live session may have waiting; a caller beyond this waits its turn.
@@ -150,6 +150,7 @@ pub(crate) struct Shared {
     store: Arc<dyn SessionStore>,
     workspaces: Workspaces,
     events: Arc<dyn EventStore>,
+    transcripts: Arc<dyn TranscriptStore>,
     cgroups: Option<CgroupRoot>,
     cli: RwLock<CliState>,
     registry: Mutex<HashMap<SessionId, Entry>>,
@@ -173,6 +174,7 @@ impl Runtime {
         workspaces: Workspaces,
         launcher: Arc<dyn Launcher>,
         events: Arc<dyn EventStore>,
+        transcripts: Arc<dyn TranscriptStore>,
     ) -> Runtime {
         let cgroups = if settings.use_cgroups {
             match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
@@ -204,6 +206,7 @@ impl Runtime {
                 store,
                 workspaces,
                 events,
+                transcripts,
                 cgroups,
                 cli: RwLock::new(CliState::Looking),
                 registry: Mutex::new(HashMap::new()),

@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::domain::{SessionEvent, SessionId, TurnEvent, TurnId};
-use crate::store::{EventStore, StoredEvent, TurnRecord};
+use crate::store::{EventStore, StoredEvent, TranscriptStore, TurnRecord};
 
 /// Writes queued for the store per session before the agent waits for the store.
 const WRITE_QUEUE: usize = 1024;
@@ -25,6 +25,7 @@ enum Write {
     Begin(TurnRecord),
     Event(StoredEvent),
     Finish(TurnRecord, StoredEvent, oneshot::Sender<()>),
+    Transcript(String, Vec<String>),
 }
 
 /// A session's numbered stream of events.
@@ -37,9 +38,15 @@ pub struct SessionStream {
 impl SessionStream {
     /// A stream continuing after event `last_seq`, fanning out through `buffer` events, storing in
     /// `store`.
-    pub fn new(session: SessionId, store: Arc<dyn EventStore>, last_seq: u64, buffer: usize) -> Self {
+    pub fn new(
+        session: SessionId,
+        store: Arc<dyn EventStore>,
+        transcripts: Arc<dyn TranscriptStore>,
+        last_seq: u64,
+        buffer: usize,
+    ) -> Self {
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_events(session, store, queue));
+        tokio::spawn(write_events(session, store, transcripts, queue));
         SessionStream {
             next_seq: last_seq + 1,
             fanout: broadcast::channel(buffer.max(1)).0,
@@ -99,6 +106,11 @@ impl SessionStream {
         event
     }
 
+    /// Queues lines the CLI added to its transcript (`path` relative to its config dir).
+    pub async fn transcript(&self, path: String, lines: Vec<String>) {
+        let _ = self.writes.send(Write::Transcript(path, lines)).await;
+    }
+
     /// A reader of every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SessionEvent>> {
         self.fanout.subscribe()
@@ -111,7 +123,12 @@ impl SessionStream {
 }
 
 /// Stores a session's writes in order, batching the events that queued up meanwhile.
-async fn write_events(session: SessionId, store: Arc<dyn EventStore>, mut queue: mpsc::Receiver<Write>) {
+async fn write_events(
+    session: SessionId,
+    store: Arc<dyn EventStore>,
+    transcripts: Arc<dyn TranscriptStore>,
+    mut queue: mpsc::Receiver<Write>,
+) {
     let mut events: Vec<StoredEvent> = Vec::new();
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -125,6 +142,11 @@ async fn write_events(session: SessionId, store: Arc<dyn EventStore>, mut queue:
                     flush(session, store.as_ref(), &mut events).await;
                     if let Err(e) = store.begin_turn(&turn).await {
                         tracing::error!(session.id = %session, turn.id = %turn.turn_id, error = %e, "cannot record the turn's start");
+                    }
+                }
+                Write::Transcript(path, lines) => {
+                    if let Err(e) = transcripts.append_transcript(session, &path, &lines).await {
+                        tracing::error!(session.id = %session, error = %e, "cannot store the agent's transcript");
                     }
                 }
                 Write::Finish(turn, terminal, durable) => {
@@ -158,7 +180,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_numbered_in_order_and_a_slow_reader_lags() {
-        let mut stream = SessionStream::new(SessionId::new(), Arc::new(MemoryStore::new(0)), 0, 4);
+        let store = Arc::new(MemoryStore::new(0));
+        let mut stream = SessionStream::new(SessionId::new(), store.clone(), store, 0, 4);
         let turn = TurnId::new();
         let mut fast = stream.subscribe();
         let mut slow = stream.subscribe();

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::RwLock;
 
 use super::{
-    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, TurnRecord, TurnStatus,
+    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, Transcript,
+    TranscriptStore, TurnRecord, TurnStatus,
 };
 use crate::domain::{SessionId, SessionRecord, TurnId};
 
@@ -23,6 +24,7 @@ pub struct MemoryStore {
 struct History {
     turns: Vec<TurnRecord>,
     events: Vec<StoredEvent>,
+    transcript: Option<Transcript>,
 }
 
 impl MemoryStore {
@@ -252,5 +254,40 @@ impl EventStore for MemoryStore {
             .flat_map(|h| h.turns.iter().filter(|t| t.status == TurnStatus::Running))
             .cloned()
             .collect())
+    }
+}
+
+#[async_trait]
+impl TranscriptStore for MemoryStore {
+    async fn append_transcript(
+        &self,
+        session: SessionId,
+        path: &str,
+        lines: &[String],
+    ) -> Result<(), StoreError> {
+        if !self.records.read().await.contains_key(&session) {
+            return Ok(());
+        }
+        let mut history = self.history.write().await;
+        let transcript = history
+            .entry(session)
+            .or_default()
+            .transcript
+            .get_or_insert_with(|| Transcript {
+                path: path.to_string(),
+                lines: Vec::new(),
+            });
+        transcript.path = path.to_string();
+        transcript.lines.extend_from_slice(lines);
+        Ok(())
+    }
+
+    async fn transcript(&self, session: SessionId) -> Result<Option<Transcript>, StoreError> {
+        Ok(self
+            .history
+            .read()
+            .await
+            .get(&session)
+            .and_then(|h| h.transcript.clone()))
     }
 }

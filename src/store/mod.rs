@@ -7,6 +7,7 @@ mod events;
 mod memory;
 mod rows;
 mod sqlite;
+mod transcripts;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -16,6 +17,7 @@ use crate::domain::{SessionId, SessionRecord};
 pub use events::{EventStore, StoredEvent, TurnRecord, TurnStatus};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
+pub use transcripts::{Transcript, TranscriptStore};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,8 @@ use sqlx::sqlite::{
 
 use super::rows::StoredOptions;
 use super::{
-    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, TurnRecord, TurnStatus,
+    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, Transcript,
+    TranscriptStore, TurnRecord, TurnStatus,
 };
 use crate::domain::{SessionId, SessionRecord, TurnId};
 
@@ -550,5 +551,56 @@ impl EventStore for SqliteStore {
         );
         let rows: Vec<TurnRow> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
         rows.into_iter().map(TurnRecord::try_from).collect()
+    }
+}
+
+#[async_trait]
+impl TranscriptStore for SqliteStore {
+    async fn append_transcript(
+        &self,
+        session: SessionId,
+        path: &str,
+        lines: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(n), 0) FROM transcript_lines WHERE session_id = ?1")
+                .bind(session.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        for (offset, line) in lines.iter().enumerate() {
+            let inserted = sqlx::query(
+                "INSERT INTO transcript_lines (session_id, n, path, line) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(session.to_string())
+            .bind(next + 1 + offset as i64)
+            .bind(path)
+            .bind(line)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                // The session was deleted: its transcript goes with it.
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn transcript(&self, session: SessionId) -> Result<Option<Transcript>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT path, line FROM transcript_lines WHERE session_id = ?1 ORDER BY n")
+                .bind(session.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        let Some(path) = rows.last().map(|(path, _)| path.clone()) else {
+            return Ok(None);
+        };
+        Ok(Some(Transcript {
+            path,
+            lines: rows.into_iter().map(|(_, line)| line).collect(),
+        }))
     }
 }

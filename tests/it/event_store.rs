@@ -1,5 +1,5 @@
-//! The conformance story of `EventStore`: every backend keeps turns and their numbered events the
-//! same way. Each story runs on every backend, opened fresh.
+//! The conformance story of `EventStore` and `TranscriptStore`: every backend keeps turns, their
+//! numbered events and the CLI's transcript the same way. Each story runs on every backend, opened fresh.
 
 use std::sync::Arc;
 
@@ -7,8 +7,8 @@ use chrono::{Duration, Utc};
 use claude_agent_http::config::Config;
 use claude_agent_http::domain::{SessionId, SessionRecord, TurnId, TurnUsage};
 use claude_agent_http::store::{
-    EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError, StoredEvent, TurnRecord,
-    TurnStatus,
+    EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError, StoredEvent, TranscriptStore,
+    TurnRecord, TurnStatus,
 };
 use serde_json::json;
 
@@ -16,13 +16,15 @@ use serde_json::json;
 pub struct Backend {
     pub sessions: Arc<dyn SessionStore>,
     pub events: Arc<dyn EventStore>,
+    pub transcripts: Arc<dyn TranscriptStore>,
 }
 
 async fn open_memory(_: std::path::PathBuf) -> Backend {
     let store = Arc::new(MemoryStore::new(0));
     Backend {
         sessions: store.clone(),
-        events: store,
+        events: store.clone(),
+        transcripts: store,
     }
 }
 
@@ -30,7 +32,8 @@ async fn open_sqlite(path: std::path::PathBuf) -> Backend {
     let store = Arc::new(SqliteStore::open(&path, 0).await.unwrap());
     Backend {
         sessions: store.clone(),
-        events: store,
+        events: store.clone(),
+        transcripts: store,
     }
 }
 
@@ -91,7 +94,8 @@ macro_rules! conformance {
                 running_turns_are_the_unfinished_ones,
                 turns_page_newest_before_a_time_oldest_first,
                 deleting_a_session_removes_its_turns_and_events,
-                sessions_number_their_events_separately);
+                sessions_number_their_events_separately,
+                transcripts_keep_their_lines_in_order_until_the_session_goes);
         }
     )*};
     (@stories $open:ident; $($story:ident),*) => {$(
@@ -333,4 +337,55 @@ async fn sessions_number_their_events_separately(backend: Backend) {
     let of_b = backend.events.events_after(b, 0, 10).await.unwrap();
     assert_eq!(of_b.len(), 1);
     assert_eq!(of_b[0].turn_id, tb.turn_id);
+}
+
+async fn transcripts_keep_their_lines_in_order_until_the_session_goes(backend: Backend) {
+    let (a, b) = (session(&backend).await, session(&backend).await);
+    assert!(backend.transcripts.transcript(a).await.unwrap().is_none());
+    let path = format!("projects/-srv-users-alice/{a}.jsonl");
+    let lines = |range: std::ops::Range<u32>| {
+        range
+            .map(|i| format!(r#"{{"n":{i},"text":"é \"q\""}}"#))
+            .collect::<Vec<_>>()
+    };
+    backend
+        .transcripts
+        .append_transcript(a, &path, &lines(0..3))
+        .await
+        .unwrap();
+    backend
+        .transcripts
+        .append_transcript(a, &path, &lines(3..5))
+        .await
+        .unwrap();
+    backend
+        .transcripts
+        .append_transcript(b, "projects/x/b.jsonl", &lines(0..1))
+        .await
+        .unwrap();
+    let saved = backend.transcripts.transcript(a).await.unwrap().unwrap();
+    assert_eq!(saved.path, path);
+    assert_eq!(saved.lines, lines(0..5));
+    assert_eq!(
+        backend
+            .transcripts
+            .transcript(b)
+            .await
+            .unwrap()
+            .unwrap()
+            .lines
+            .len(),
+        1
+    );
+    backend.sessions.delete(a).await.unwrap();
+    assert!(backend.transcripts.transcript(a).await.unwrap().is_none());
+    backend
+        .transcripts
+        .append_transcript(a, &path, &lines(5..6))
+        .await
+        .unwrap();
+    assert!(
+        backend.transcripts.transcript(a).await.unwrap().is_none(),
+        "nothing is written for a deleted session"
+    );
 }

@@ -211,3 +211,47 @@ async fn a_turn_cut_short_by_a_crash_is_marked_failed_and_the_session_goes_on() 
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_session_resumes_from_the_store_when_its_disk_is_wiped() {
+    let app = AgentServer::start("").await;
+    let (id, _) = app.session("alice").await;
+    app.chat_ok(&id, "remember the blue door").await;
+    let mut app = app;
+    app.server.stop();
+    // Keep the database; lose everything else the service had on disk (transcripts, workspaces).
+    let data = app.server.data_dir();
+    let kept = tempfile::tempdir().unwrap();
+    for file in ["sessions.db", "sessions.db-wal", "sessions.db-shm"] {
+        if data.join(file).exists() {
+            std::fs::rename(data.join(file), kept.path().join(file)).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    for file in ["sessions.db", "sessions.db-wal", "sessions.db-shm"] {
+        if kept.path().join(file).exists() {
+            std::fs::rename(kept.path().join(file), data.join(file)).unwrap();
+        }
+    }
+    let app = app.restart().await;
+    let answer = app.chat_ok(&id, "recall").await;
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .contains("remember the blue door"),
+        "the model saw the earlier turn again: {answer}"
+    );
+    let turns = expect_json(
+        app.server.get(&format!("/api/v1/sessions/{id}/turns")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(turns["turns"][0]["user_message"], "remember the blue door");
+    assert!(
+        app.server
+            .log()
+            .contains("restored the agent's transcript from the store")
+    );
+}
