@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claude_agent_http::agent::{cli, command::cli_args, tree};
+use claude_agent_http::agent::command::{CliFeatures, SpawnSpec};
+use claude_agent_http::agent::{cli, protocol, tree};
 use claude_agent_http::config::Config;
 use claude_agent_http::domain::SessionId;
 use reqwest::StatusCode;
@@ -37,6 +38,12 @@ struct Plan {
     crowds: &'static [usize],
     stored_for_memory: usize,
     live_for_memory: usize,
+    /// Section 9: sessions whose first turn is measured (a and b), the burst (c), the 2000-word
+    /// answers (d) and the prewarmed crowd (e).
+    first_turns: usize,
+    burst: usize,
+    big_answers: usize,
+    warm_crowd: usize,
 }
 
 const FULL: Plan = Plan {
@@ -51,6 +58,10 @@ const FULL: Plan = Plan {
     crowds: &[20, 50],
     stored_for_memory: 1000,
     live_for_memory: 20,
+    first_turns: 10,
+    burst: 20,
+    big_answers: 15,
+    warm_crowd: 20,
 };
 
 const QUICK: Plan = Plan {
@@ -65,6 +76,10 @@ const QUICK: Plan = Plan {
     crowds: &[3],
     stored_for_memory: 52,
     live_for_memory: 3,
+    first_turns: 1,
+    burst: 3,
+    big_answers: 1,
+    warm_crowd: 3,
 };
 
 const CONCURRENCY: usize = 16;
@@ -99,7 +114,7 @@ impl Row {
 fn fmt(value: Option<f64>, unit: &str) -> String {
     match value {
         None => "-".into(),
-        Some(v) if unit == "req/s" || unit == "events/s" || unit == "sessions" => format!("{v:.0} {unit}"),
+        Some(v) if matches!(unit, "req/s" | "words/s" | "events" | "sessions") => format!("{v:.0} {unit}"),
         Some(v) => format!("{v:.2} {unit}"),
     }
 }
@@ -155,9 +170,10 @@ async fn run(plan: Plan, only: &[u32]) -> Vec<Row> {
     if let Ok(threads) = std::env::var("BENCH_SERVICE_THREADS") {
         quiet.push(("TOKIO_WORKER_THREADS".to_string(), threads));
     }
-    let yaml = "api:\n  max_sessions: 1000000\n  max_sessions_per_user: 1000000\n  max_live_agents: 128\n  \
-                max_concurrent_requests: 128\n  idle_session_timeout: 3600\n";
-    let app = AgentServer::start_with_env(yaml, quiet.clone()).await;
+    // Sections 1-8 keep their old meaning: creating a session starts no process (`prewarm: false`;
+    // otherwise the 1000 sessions created for sections 1 and 8 would start up to 128 CLIs in the
+    // background). Section 9 measures prewarming on a server of its own.
+    let app = AgentServer::start_with_env(&service_yaml(false), quiet.clone()).await;
     let service_pid = app.server.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = service_rss(service_pid);
@@ -198,10 +214,7 @@ async fn run(plan: Plan, only: &[u32]) -> Vec<Row> {
     }
     if !wanted(8) {
         drop(app);
-        if wanted(6) {
-            eprintln!("6. cold resume");
-            rows.extend(bench_cold_resume(bare_home.path(), plan, quiet).await);
-        }
+        rows.extend(run_last(plan, bare_home.path(), &quiet, &wanted).await);
         return rows;
     }
     eprintln!("8. memory");
@@ -262,9 +275,34 @@ async fn run(plan: Plan, only: &[u32]) -> Vec<Row> {
         "",
     ));
     drop(restarted);
+    rows.extend(run_last(plan, bare_home.path(), &quiet, &wanted).await);
+    rows
+}
+
+/// The server config of the benchmark: no limit in the way; `prewarm` as asked.
+fn service_yaml(prewarm: bool) -> String {
+    format!(
+        "api:\n  max_sessions: 1000000\n  max_sessions_per_user: 1000000\n  max_live_agents: 128\n  \
+         max_concurrent_requests: 128\n  idle_session_timeout: 3600\n  prewarm: {prewarm}\n"
+    )
+}
+
+/// The sections that run on servers of their own, once the main one is gone (no idle CLI of the
+/// earlier sections left running).
+async fn run_last(
+    plan: Plan,
+    home: &Path,
+    env: &[(String, String)],
+    wanted: &impl Fn(u32) -> bool,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
     if wanted(6) {
         eprintln!("6. cold resume");
-        rows.extend(bench_cold_resume(bare_home.path(), plan, quiet).await);
+        rows.extend(bench_cold_resume(home, plan, env.to_vec()).await);
+    }
+    if wanted(9) {
+        eprintln!("9. warm first turns");
+        rows.extend(bench_first_turns(home, plan, env.to_vec()).await);
     }
     rows
 }
@@ -421,38 +459,78 @@ async fn bench_reads(app: &AgentServer, plan: Plan) -> Vec<Row> {
     rows
 }
 
-/// A bare CLI process driven over stdin with the service's own flags.
+/// A bare CLI process driven over stdin exactly as the service drives it: the service's own
+/// command line and environment shape (`SpawnSpec::command_line`: `cli_args` plus `--settings`,
+/// `--await-initialize` and `--system-prompt-snapshot=off` on CLI 2.1.332), `initialize` as the
+/// first stdin line, user lines from `protocol::user_line` (`client_composed`).
 struct Bare {
     child: Child,
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    /// The `initialize` request has not been answered yet.
+    initializing: bool,
 }
 
 /// What one bare turn took, from writing the message.
 struct BareTurn {
     first_delta: Option<Duration>,
     result: Duration,
-    deltas: usize,
     last_delta: Option<Duration>,
+    /// The text of the answer's deltas.
+    text: String,
 }
 
+/// The pinned CLI's version (asked once: it runs the CLI).
+fn cli_version() -> Option<String> {
+    static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| cli::version(&cli_path())).clone()
+}
+
+const BARE_INIT_ID: &str = "bench_init";
+
 impl Bare {
+    /// Starts a bare CLI and waits until it has answered `initialize` (a warm process).
     async fn start(model: &ModelStandIn, home: &Path, session: SessionId, resume: bool) -> Bare {
-        let options = Config::default().agent_options();
+        let mut bare = Bare::spawn(model, home, session, resume).await;
+        bare.ready().await;
+        bare
+    }
+
+    /// Spawns the CLI and writes `initialize`, as the service does at spawn; does not wait.
+    async fn spawn(model: &ModelStandIn, home: &Path, session: SessionId, resume: bool) -> Bare {
         let workdir = home.join("work");
+        let config_dir = home.join("config");
+        let runtime_dir = config_dir.join("run");
         std::fs::create_dir_all(&workdir).unwrap();
-        let mut child = Command::new(cli_path())
-            .args(cli_args(session, resume, &options, None))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        std::fs::create_dir_all(&runtime_dir).unwrap();
+        let spec = SpawnSpec {
+            cli: cli_path(),
+            session,
+            resume,
             // The same shape as the service: HOME is the user's directory, which is also the cwd.
-            .env("HOME", &workdir)
-            .env("PWD", &workdir)
-            .env("CLAUDE_CONFIG_DIR", home.join("config"))
-            .env("ANTHROPIC_BASE_URL", model.base_url())
-            .env("ANTHROPIC_API_KEY", "sk-test-stand-in")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("CLAUDE_CODE_MAX_RETRIES", "0")
+            cwd: workdir.clone(),
+            config_dir,
+            home: workdir.clone(),
+            options: Config::default().agent_options(),
+            mcp_config: None,
+            runtime_dir,
+            env: vec![
+                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                // What the test servers' `defaults.env` gives their agents.
+                ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
+            ],
+            credentials: vec![
+                ("ANTHROPIC_BASE_URL".into(), model.base_url()),
+                ("ANTHROPIC_API_KEY".into(), "sk-test-stand-in".into()),
+            ],
+            marker: false,
+            features: CliFeatures::of(cli_version().as_deref()),
+        };
+        let command = spec.command_line();
+        let mut child = Command::new(&command.program)
+            .args(&command.args)
+            .env_clear()
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&workdir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -460,34 +538,74 @@ impl Bare {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn the bare CLI");
-        let stdin = child.stdin.take().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Bare { child, stdin, lines }
+        let init =
+            protocol::control_request_line(BARE_INIT_ID, json!({"subtype": "initialize", "hooks": null}));
+        stdin.write_all(format!("{init}\n").as_bytes()).await.unwrap();
+        Bare {
+            child,
+            stdin,
+            lines,
+            initializing: true,
+        }
     }
 
+    /// Waits for the answer to `initialize`.
+    async fn ready(&mut self) {
+        while self.initializing {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the bare CLI exited before answering initialize");
+            self.note(&line);
+        }
+    }
+
+    /// Notes an `initialize` answer; returns the parsed line.
+    fn note(&mut self, line: &str) -> Option<Value> {
+        let message = serde_json::from_str::<Value>(line).ok()?;
+        if message["type"] == "control_response" && message["response"]["request_id"] == BARE_INIT_ID {
+            assert_eq!(
+                message["response"]["subtype"], "success",
+                "the bare CLI refused initialize: {message}"
+            );
+            self.initializing = false;
+        }
+        Some(message)
+    }
+
+    /// One turn; timed from writing the message.
     async fn turn(&mut self, text: &str) -> BareTurn {
-        let line = json!({"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": null, "session_id": "default"});
         let started = Instant::now();
+        self.turn_from(text, started).await
+    }
+
+    /// One turn; timed from `started` (e.g. before the spawn, for a cold start).
+    async fn turn_from(&mut self, text: &str, started: Instant) -> BareTurn {
         self.stdin
-            .write_all(format!("{line}\n").as_bytes())
+            .write_all(format!("{}\n", protocol::user_line(text)).as_bytes())
             .await
             .unwrap();
         self.stdin.flush().await.unwrap();
         let mut turn = BareTurn {
             first_delta: None,
             result: Duration::ZERO,
-            deltas: 0,
             last_delta: None,
+            text: String::new(),
         };
         while let Some(line) = self.lines.next_line().await.unwrap() {
-            let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            let Some(message) = self.note(&line) else {
                 continue;
             };
             match message["type"].as_str() {
                 Some("stream_event") if message["event"]["delta"]["type"] == "text_delta" => {
-                    turn.deltas += 1;
                     turn.first_delta.get_or_insert(started.elapsed());
                     turn.last_delta = Some(started.elapsed());
+                    turn.text
+                        .push_str(message["event"]["delta"]["text"].as_str().unwrap_or_default());
                 }
                 Some("result") => {
                     turn.result = started.elapsed();
@@ -605,53 +723,89 @@ async fn bench_stream(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
     ]
 }
 
+/// Words in a text (the stand-in's `words N` answer has N).
+fn word_count(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
 async fn bench_flood(app: &AgentServer, home: &Path, plan: Plan) -> Vec<Row> {
     let (id, mut bare) = warm_pair(app, home, "floods").await;
-    let (mut service, mut cli) = (Vec::new(), Vec::new());
-    let (mut cpu, mut streamed) = (Duration::ZERO, 0usize);
+    let (mut s_rate, mut c_rate, mut s_done, mut c_done) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sse_events = Vec::new();
+    let (mut cpu, mut words) = (Duration::ZERO, 0usize);
     for _ in 0..plan.floods {
         let started = Instant::now();
         let cpu_before = cpu_time(app.server.pid());
         let events = app.stream(&id, "words 2000 0").await.collect().await;
         cpu += cpu_time(app.server.pid()) - cpu_before;
-        let deltas = events.iter().filter(|e| e.data["type"] == "text_delta").count();
-        streamed += events.len();
+        let done = events.last().expect("events");
+        assert_eq!(done.data["type"], "done", "the stream ended with {}", done.data);
+        let text = support::agent::delta_text(&events);
+        assert_eq!(word_count(&text), 2000);
+        words += 2000;
+        sse_events.push(events.iter().filter(|e| e.data["type"] == "text_delta").count() as f64);
         let last = events
             .iter()
             .rev()
             .find(|e| e.data["type"] == "text_delta")
             .expect("deltas")
             .at;
-        service.push(deltas as f64 / (last - started).as_secs_f64());
+        // Text delivered per second, up to the last piece of text (comparable with the bare CLI
+        // whatever the number of SSE events the deltas were merged into).
+        s_rate.push(2000.0 / (last - started).as_secs_f64());
+        s_done.push(ms(done.at - started));
         let turn = bare.turn("words 2000 0").await;
-        cli.push(turn.deltas as f64 / turn.last_delta.expect("bare deltas").as_secs_f64());
+        assert_eq!(word_count(&turn.text), 2000);
+        c_rate.push(2000.0 / turn.last_delta.expect("bare deltas").as_secs_f64());
+        c_done.push(ms(turn.result));
     }
     bare.close().await;
-    let (s, c) = (percentile(&service, 50.0), percentile(&cli, 50.0));
-    // The rate of each alternating pair, compared within the pair (machine noise cancels out).
-    let ratios: Vec<f64> = service.iter().zip(&cli).map(|(s, c)| s / c).collect();
-    let cpu_per_event = cpu.as_secs_f64() * 1e6 / streamed.max(1) as f64;
+    // Each alternating pair compared within the pair (machine noise cancels out).
+    let rate_ratios: Vec<f64> = s_rate.iter().zip(&c_rate).map(|(s, c)| s / c).collect();
+    let done_ratios: Vec<f64> = s_done.iter().zip(&c_done).map(|(s, c)| s / c).collect();
+    let cpu_per_word = cpu.as_secs_f64() * 1e6 / words.max(1) as f64;
     vec![
         Row::new(
             format!(
-                "5. 2000 words, no delay: text_delta events/s p50 ({} alternating)",
+                "5. 2000 words, no delay: text rate p50 ({} alternating)",
                 plan.floods
             ),
-            Some(s),
-            Some(c),
-            "events/s",
+            Some(percentile(&s_rate, 50.0)),
+            Some(percentile(&c_rate, 50.0)),
+            "words/s",
             "",
         ),
         Row::new(
-            "5. stream rate, paired service / bare, p50",
-            Some(percentile(&ratios, 50.0)),
+            "5. text rate, paired service / bare, p50",
+            Some(percentile(&rate_ratios, 50.0)),
             None,
             "x",
             ">= 0.9x",
         ),
         Row::new(
-            "5. service CPU time per streamed event",
-            Some(cpu_per_event),
+            "5. 2000 words: done / result p50",
+            Some(percentile(&s_done, 50.0)),
+            Some(percentile(&c_done, 50.0)),
+            "ms",
+            "",
+        ),
+        Row::new(
+            "5. done / result, paired service / bare, p50",
+            Some(percentile(&done_ratios, 50.0)),
+            None,
+            "x",
+            "",
+        ),
+        Row::new(
+            "5. SSE text_delta events per 2000-word answer, p50 (merged)",
+            Some(percentile(&sse_events, 50.0)),
+            None,
+            "events",
+            "",
+        ),
+        Row::new(
+            "5. service CPU time per model delta (word)",
+            Some(cpu_per_word),
             None,
             "us",
             "",
@@ -683,25 +837,9 @@ async fn bench_crowd(app: &AgentServer, crowd: usize) -> Vec<Row> {
     let warm = ids.iter().map(|id| app.chat_ok(id, "warm up"));
     futures_util::future::join_all(warm).await;
     let started = Instant::now();
-    let runs = ids.iter().map(|id| async move {
-        let response = app.stream_response(id, "words 50 5").await;
-        if response.status() != StatusCode::OK {
-            return None;
-        }
-        let mut stream = support::agent::EventStream::from_response(response);
-        let mut first = None;
-        while let Some(event) = stream.next().await {
-            match event.data["type"].as_str() {
-                Some("text_delta") => {
-                    first.get_or_insert(event.at - started);
-                }
-                Some("done") => return first,
-                Some("error") => return None,
-                _ => {}
-            }
-        }
-        None
-    });
+    let runs = ids
+        .iter()
+        .map(|id| stream_first_delta(app, id, "words 50 5", started));
     let results = futures_util::future::join_all(runs).await;
     let wall = started.elapsed();
     let errors = results.iter().filter(|r| r.is_none()).count();
@@ -731,8 +869,41 @@ async fn bench_crowd(app: &AgentServer, crowd: usize) -> Vec<Row> {
     ]
 }
 
+/// Streams one turn; returns when its first `text_delta` arrived (from `started`), or `None` if
+/// the turn did not end with `done`.
+async fn stream_first_delta(
+    app: &AgentServer,
+    id: &str,
+    message: &str,
+    started: Instant,
+) -> Option<Duration> {
+    let response = app.stream_response(id, message).await;
+    if response.status() != StatusCode::OK {
+        eprintln!("   stream refused: {}", response.status());
+        return None;
+    }
+    let mut stream = support::agent::EventStream::from_response(response);
+    let mut first = None;
+    while let Some(event) = stream.next().await {
+        match event.data["type"].as_str() {
+            Some("text_delta") => {
+                first.get_or_insert(event.at - started);
+            }
+            Some("done") => return first,
+            Some("error") => {
+                eprintln!("   turn failed: {}", event.data);
+                return None;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 async fn bench_cold_resume(home: &Path, plan: Plan, env: Vec<(String, String)>) -> Vec<Row> {
-    let app = AgentServer::start_with_env("api:\n  idle_session_timeout: 1\n", env).await;
+    // `prewarm: false`: the measured first turn after eviction starts the CLI itself, as it did
+    // before prewarming (a chat never prewarms; this only keeps the create from starting one).
+    let app = AgentServer::start_with_env("api:\n  idle_session_timeout: 1\n  prewarm: false\n", env).await;
     let (mut service, mut cli) = (Vec::new(), Vec::new());
     for i in 0..plan.resumes {
         let (id, _) = app.session("cold").await;
@@ -747,17 +918,19 @@ async fn bench_cold_resume(home: &Path, plan: Plan, env: Vec<(String, String)>) 
         let mut bare = Bare::start(&app.model, home, session, false).await;
         bare.turn(&format!("remember {i}")).await;
         bare.close().await;
+        // As the service does: spawn, `initialize`, and the message at once.
         let started = Instant::now();
-        let mut resumed = Bare::start(&app.model, home, session, true).await;
-        resumed.turn("recall").await;
-        cli.push(ms(started.elapsed()));
+        let mut resumed = Bare::spawn(&app.model, home, session, true).await;
+        let turn = resumed.turn_from("recall", started).await;
+        cli.push(ms(turn.result));
+        assert_eq!(turn.text, format!("recall: remember {i}"));
         resumed.close().await;
     }
     let (s, c) = (percentile(&service, 50.0), percentile(&cli, 50.0));
     vec![
         Row::new(
             format!(
-                "6. cold resume: first turn after eviction p50 ({} alternating)",
+                "6. cold resume: first turn after eviction, CLI started by the turn, p50 ({} alternating)",
                 plan.resumes
             ),
             Some(s),
@@ -773,6 +946,289 @@ async fn bench_cold_resume(home: &Path, plan: Plan, env: Vec<(String, String)>) 
             "<= 50 ms",
         ),
     ]
+}
+
+/// The previous cold first turn (docs/BENCHMARKS.md, 2026-11-23, CLI 2.1.197): the service's cold
+/// resume p50, the only cold-start figure of that run.
+const OLD_COLD_FIRST_TURN_MS: f64 = 397.71;
+/// The previous 20-session first text_delta p95 (2026-11-23); the Python seed's was about 31x it.
+const OLD_CROWD_FIRST_DELTA_MS: f64 = 305.46;
+
+async fn delete_session(app: &AgentServer, id: &str) {
+    let response = app.server.delete(&format!("/api/v1/sessions/{id}")).await;
+    assert!(response.status().is_success(), "delete: {}", response.status());
+}
+
+/// Waits until `live` CLIs run and all of them sit idle (they answered `initialize`): their CPU
+/// time together grows by less than a tenth of a core over half a second.
+async fn wait_settled(app: &AgentServer, live: u64) {
+    app.wait_live_agents(live, Duration::from_secs(60)).await;
+    let pid = app.server.pid();
+    let cli_cpu = || -> Duration { tree::descendants(pid).into_iter().map(cpu_time).sum() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = cli_cpu();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cli_cpu();
+        let quiet = now.saturating_sub(before) < Duration::from_millis(50);
+        if quiet && tree::descendants(pid).len() as u64 >= live {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("   the CLIs did not settle in 60 s; measuring anyway");
+            return;
+        }
+        before = now;
+    }
+}
+
+/// Section 9: first turns on a server that prewarms (the default): a session's CLI starts, and is
+/// sent `initialize`, when the session is created.
+async fn bench_first_turns(home: &Path, plan: Plan, env: Vec<(String, String)>) -> Vec<Row> {
+    let app = AgentServer::start_with_env(&service_yaml(true), env).await;
+    let mut rows = Vec::new();
+    let n = plan.first_turns;
+
+    // a. Created 1 s before its first message: the CLI is up by then. (`BENCH_PREWARM_WAIT_MS`
+    // changes the wait, to tell a start not yet finished from the CLI's own first-turn work.)
+    let wait = Duration::from_millis(
+        std::env::var("BENCH_PREWARM_WAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    );
+    let (mut first, mut warm, mut b_first, mut b_warm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (id, _) = app.session("early").await;
+        tokio::time::sleep(wait).await;
+        let started = Instant::now();
+        let answer = app.chat_ok(&id, &format!("hello {i}")).await;
+        first.push(ms(started.elapsed()));
+        assert_eq!(answer["text"], format!("echo: hello {i}"));
+        let started = Instant::now();
+        app.chat_ok(&id, &format!("again {i}")).await;
+        warm.push(ms(started.elapsed()));
+        delete_session(&app, &id).await;
+
+        let mut bare = Bare::spawn(&app.model, home, SessionId::new(), false).await;
+        tokio::time::sleep(wait).await;
+        b_first.push(ms(bare.turn(&format!("hello {i}")).await.result));
+        b_warm.push(ms(bare.turn(&format!("again {i}")).await.result));
+        bare.close().await;
+    }
+    let gap: Vec<f64> = first.iter().zip(&warm).map(|(f, w)| f - w).collect();
+    let b_gap: Vec<f64> = b_first.iter().zip(&b_warm).map(|(f, w)| f - w).collect();
+    rows.push(Row::new(
+        format!(
+            "9a. first turn, session created {:.1} s earlier (prewarmed), p50 ({n} alternating)",
+            wait.as_secs_f64()
+        ),
+        Some(percentile(&first, 50.0)),
+        Some(percentile(&b_first, 50.0)),
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        "9a. second (warm) turn of the same session, p50",
+        Some(percentile(&warm, 50.0)),
+        Some(percentile(&b_warm, 50.0)),
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        "9a. first minus warm turn, paired p50",
+        Some(percentile(&gap, 50.0)),
+        Some(percentile(&b_gap, 50.0)),
+        "ms",
+        "<= 50 ms",
+    ));
+
+    // b. Created and messaged at once: the turn waits for the CLI the create started.
+    let (mut service, mut cli) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let started = Instant::now();
+        let (id, _) = app.session("atonce").await;
+        let answer = app.chat_ok(&id, &format!("hi {i}")).await;
+        service.push(ms(started.elapsed()));
+        assert_eq!(answer["text"], format!("echo: hi {i}"));
+        delete_session(&app, &id).await;
+
+        let started = Instant::now();
+        let mut bare = Bare::spawn(&app.model, home, SessionId::new(), false).await;
+        cli.push(ms(bare.turn_from(&format!("hi {i}"), started).await.result));
+        bare.close().await;
+    }
+    let overhead: Vec<f64> = service.iter().zip(&cli).map(|(s, c)| s - c).collect();
+    rows.push(Row::new(
+        format!(
+            "9b. created and messaged at once: create + first turn p50 (bare: spawn + initialize + result; {n} alternating)"
+        ),
+        Some(percentile(&service, 50.0)),
+        Some(percentile(&cli, 50.0)),
+        "ms",
+        format!(
+            "<= {:.0} ms (half the old cold first turn, {OLD_COLD_FIRST_TURN_MS} ms)",
+            OLD_COLD_FIRST_TURN_MS / 2.0
+        ),
+    ));
+    rows.push(Row::new(
+        "9b. overhead p50 (paired service - bare)",
+        Some(percentile(&overhead, 50.0)),
+        None,
+        "ms",
+        "",
+    ));
+
+    // c. A burst: sessions created and messaged at once, all together.
+    let burst = plan.burst;
+    let started = Instant::now();
+    let runs = (0..burst).map(|_| {
+        let app = &app;
+        async move {
+            let (id, _) = app.session("burst").await;
+            let first = stream_first_delta(app, &id, "words 50 5", started).await;
+            (id, first)
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let wall = started.elapsed();
+    let firsts: Vec<f64> = results.iter().filter_map(|(_, f)| f.map(ms)).collect();
+    rows.push(Row::new(
+        format!("9c. burst of {burst} sessions created and streamed at once: first text_delta p50"),
+        Some(percentile(&firsts, 50.0)),
+        None,
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        format!("9c. burst of {burst}: first text_delta p95"),
+        Some(percentile(&firsts, 95.0)),
+        None,
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        format!("9c. burst of {burst}: first text_delta max"),
+        Some(percentile(&firsts, 100.0)),
+        None,
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        format!("9c. burst of {burst}: wall time until all done"),
+        Some(ms(wall)),
+        None,
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        format!("9c. burst of {burst}: errors"),
+        Some((burst - firsts.len()) as f64),
+        None,
+        "",
+        "0",
+    ));
+    for (id, _) in &results {
+        delete_session(&app, id).await;
+    }
+
+    // d. A 2000-word answer, by sync chat and by stream, each paired with a bare turn.
+    let (id, _) = app.session("big").await;
+    app.chat_ok(&id, "warm up").await;
+    let mut bare = Bare::start(&app.model, home, SessionId::new(), false).await;
+    bare.turn("warm up").await;
+    let (mut sync, mut b_sync, mut stream, mut b_stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.big_answers {
+        let started = Instant::now();
+        let answer = app.chat_ok(&id, "words 2000").await;
+        sync.push(ms(started.elapsed()));
+        assert_eq!(word_count(answer["text"].as_str().unwrap_or_default()), 2000);
+        b_sync.push(ms(bare.turn("words 2000").await.result));
+
+        let started = Instant::now();
+        let events = app.stream(&id, "words 2000").await.collect().await;
+        let done = events.last().expect("events");
+        assert_eq!(done.data["type"], "done", "the stream ended with {}", done.data);
+        assert_eq!(word_count(&support::agent::delta_text(&events)), 2000);
+        stream.push(ms(done.at - started));
+        b_stream.push(ms(bare.turn("words 2000").await.result));
+    }
+    bare.close().await;
+    delete_session(&app, &id).await;
+    let sync_ratio: Vec<f64> = sync.iter().zip(&b_sync).map(|(s, c)| s / c).collect();
+    let stream_ratio: Vec<f64> = stream.iter().zip(&b_stream).map(|(s, c)| s / c).collect();
+    let big = plan.big_answers;
+    rows.push(Row::new(
+        format!("9d. 2000-word answer by sync chat vs bare result, p50 ({big} alternating)"),
+        Some(percentile(&sync, 50.0)),
+        Some(percentile(&b_sync, 50.0)),
+        "ms",
+        "<= 300 ms (the seed's figure)",
+    ));
+    rows.push(Row::new(
+        "9d. sync chat / bare, paired p50",
+        Some(percentile(&sync_ratio, 50.0)),
+        None,
+        "x",
+        "",
+    ));
+    rows.push(Row::new(
+        "9d. 2000-word answer by SSE stream (to done) vs bare result, p50",
+        Some(percentile(&stream, 50.0)),
+        Some(percentile(&b_stream, 50.0)),
+        "ms",
+        "",
+    ));
+    rows.push(Row::new(
+        "9d. stream / bare, paired p50",
+        Some(percentile(&stream_ratio, 50.0)),
+        None,
+        "x",
+        "<= 1.05x",
+    ));
+
+    // e. Prewarmed sessions (CLIs up, no turn yet) streaming their first turn at once.
+    let crowd = plan.warm_crowd;
+    let mut ids = Vec::new();
+    for _ in 0..crowd {
+        ids.push(app.session("prewarmed").await.0);
+    }
+    wait_settled(&app, crowd as u64).await;
+    let started = Instant::now();
+    let runs = ids
+        .iter()
+        .map(|id| stream_first_delta(&app, id, "words 50 5", started));
+    let results = futures_util::future::join_all(runs).await;
+    let wall = started.elapsed();
+    let firsts: Vec<f64> = results.iter().flatten().map(|d| ms(*d)).collect();
+    rows.push(Row::new(
+        format!("9e. {crowd} prewarmed sessions streaming at once: wall time"),
+        Some(ms(wall)),
+        None,
+        "ms",
+        "<= 2700 ms (the seed's figure)",
+    ));
+    rows.push(Row::new(
+        format!("9e. {crowd} prewarmed sessions: first text_delta p95"),
+        Some(percentile(&firsts, 95.0)),
+        None,
+        "ms",
+        format!(
+            "report (the seed's / 3: about {:.0} ms)",
+            OLD_CROWD_FIRST_DELTA_MS * 31.0 / 3.0
+        ),
+    ));
+    rows.push(Row::new(
+        format!("9e. {crowd} prewarmed sessions: errors"),
+        Some((crowd - firsts.len()) as f64),
+        None,
+        "",
+        "0",
+    ));
+    for id in &ids {
+        delete_session(&app, id).await;
+    }
+    rows
 }
 
 fn machine() -> String {
