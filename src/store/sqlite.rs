@@ -397,23 +397,26 @@ impl TryFrom<EventRow> for StoredEvent {
     }
 }
 
+/// Events per INSERT statement: one statement per batch of deltas, not one per delta (each
+/// statement is a round trip to SQLite's worker thread).
+const EVENTS_PER_STATEMENT: usize = 200;
+
 async fn insert_events(
     tx: &mut sqlx::SqliteConnection,
     session: SessionId,
     events: &[StoredEvent],
 ) -> Result<(), StoreError> {
-    for event in events {
-        let inserted = sqlx::query(
-            "INSERT INTO events (session_id, seq, turn_id, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(session.to_string())
-        .bind(to_sql_count(event.seq, "event number")?)
-        .bind(event.turn_id.to_string())
-        .bind(&event.data)
-        .bind(micros(event.at))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
+    let id = session.to_string();
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let rows: Vec<(i64, String, &str, i64)> = chunk
+            .iter()
+            .map(|e| Ok((to_sql_count(e.seq, "event number")?, e.turn_id.to_string(), e.data.as_str(), micros(e.at))))
+            .collect::<Result<_, StoreError>>()?;
+        let mut insert = sqlx::QueryBuilder::new("INSERT INTO events (session_id, seq, turn_id, data, at) ");
+        insert.push_values(rows, |mut row, (seq, turn, data, at)| {
+            row.push_bind(&id).push_bind(seq).push_bind(turn).push_bind(data).push_bind(at);
+        });
+        match insert.build().execute(&mut *tx).await {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::Duplicate(session));
