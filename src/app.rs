@@ -14,7 +14,10 @@ use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
-use crate::store::{EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError, TranscriptStore};
+use crate::store::{
+    EventStore, Limits, MemoryStore, PostgresSettings, PostgresStore, SessionStore, SqliteStore, StoreError,
+    TranscriptStore,
+};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -69,9 +72,8 @@ impl App {
                 (store.clone(), store.clone(), store)
             }
             StorageKind::Postgresql => {
-                return Err(StartupError::Storage(
-                    "postgresql is not supported by this version yet; use sqlite or memory".into(),
-                ));
+                let store = Arc::new(PostgresStore::connect(&postgres_settings(&config)).await?);
+                (store.clone(), store.clone(), store)
             }
         };
         let base = config.base_dir();
@@ -242,6 +244,21 @@ fn log_missing_features(version: Option<&str>) {
     let missing = crate::agent::command::CliFeatures::of(version).missing();
     if !missing.is_empty() {
         tracing::warn!(cli.version = version.unwrap_or("unknown"), missing = %missing.join("; "), "this Claude Code CLI lacks features the service uses when available");
+    }
+}
+
+/// Where the PostgreSQL store connects, from the configuration.
+fn postgres_settings(config: &Config) -> PostgresSettings {
+    let session = &config.session;
+    PostgresSettings {
+        url: session.pg_url.clone(),
+        host: session.pg_host.clone(),
+        port: session.pg_port,
+        database: session.pg_database.clone(),
+        user: session.pg_user.clone(),
+        password: session.pg_password.clone(),
+        pool_size: session.pg_pool_size,
+        ttl_seconds: session.ttl,
     }
 }
 

@@ -114,6 +114,12 @@ pub struct SessionConfig {
     pub pg_user: String,
     /// PostgreSQL password (redacted when printed).
     pub pg_password: String,
+    /// A PostgreSQL URL (`postgres://user:password@host:port/database?sslmode=require`); when set
+    /// it wins over `pg_host` ... `pg_password`, so libpq's URL options work. Its password is
+    /// redacted when printed.
+    pub pg_url: Option<String>,
+    /// Connections the PostgreSQL pool holds at most.
+    pub pg_pool_size: u32,
 }
 
 /// The `api` section: the HTTP listener and service-wide limits.
@@ -223,6 +229,8 @@ impl Default for SessionConfig {
             pg_database: "claude_agent".into(),
             pg_user: "postgres".into(),
             pg_password: "postgres".into(),
+            pg_url: None,
+            pg_pool_size: 10,
         }
     }
 }
@@ -293,6 +301,13 @@ const NAMED_ENV: &[(&str, &str)] = &[
 ];
 
 const ENV_PREFIX: &str = "CLAUDE_AGENT_";
+
+/// Variables without the prefix that set a key, as other tools name them; a `CLAUDE_AGENT_*`
+/// variable for the same key wins.
+const ALIAS_ENV: &[(&str, &str)] = &[("DATABASE_URL", "session.pg_url")];
+
+/// Keys whose environment value is always text, never parsed as YAML (a URL may hold `#`, `: `...).
+const TEXT_ENV_KEYS: &[&str] = &["session.pg_url"];
 
 /// How a loaded config may be used; tests and benchmarks may bind port 0.
 #[derive(Debug, Clone, Copy, Default)]
@@ -440,6 +455,9 @@ impl Config {
     pub fn redacted(&self) -> Value {
         let mut value = serde_json::to_value(self).expect("config serializes");
         value["session"]["pg_password"] = Value::String(REDACTED.into());
+        if let Some(url) = &self.session.pg_url {
+            value["session"]["pg_url"] = Value::String(redact_url(url));
+        }
         if let Some(env) = value["defaults"]["env"].as_object_mut() {
             redact_secret_entries(env);
         }
@@ -573,6 +591,34 @@ impl Config {
         if self.session.storage == StorageKind::Sqlite && self.sqlite_path().is_dir() {
             return Err(("session.sqlite_path", "is a directory".into()));
         }
+        if self.session.pg_pool_size == 0 {
+            return Err(("session.pg_pool_size", "must be at least 1".into()));
+        }
+        if self.session.storage == StorageKind::Postgresql {
+            self.validate_postgresql()?;
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL keys, checked only when PostgreSQL is the storage (`DATABASE_URL` may be
+    /// meant for another program).
+    fn validate_postgresql(&self) -> Result<(), (&'static str, String)> {
+        let session = &self.session;
+        if let Some(url) = &session.pg_url {
+            return check_pg_url(url).map_err(|why| ("session.pg_url", why));
+        }
+        for (key, value) in [
+            ("session.pg_host", &session.pg_host),
+            ("session.pg_database", &session.pg_database),
+            ("session.pg_user", &session.pg_user),
+        ] {
+            if value.trim().is_empty() {
+                return Err((key, "must not be empty (or set session.pg_url)".into()));
+            }
+        }
+        if session.pg_port == 0 {
+            return Err(("session.pg_port", "must be a port (1 to 65535)".into()));
+        }
         Ok(())
     }
 }
@@ -632,6 +678,57 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a PostgreSQL URL the way the store will read it; the message never repeats the URL (it
+/// may hold a password).
+fn check_pg_url(url: &str) -> Result<(), String> {
+    let usage = "(a URL such as postgres://user:password@host:5432/database?sslmode=require)";
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(format!("must start with postgres:// or postgresql:// {usage}"));
+    }
+    <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "is not a usable PostgreSQL URL: {} {usage}",
+                redact_url(&e.to_string())
+            )
+        })
+}
+
+/// `url` with the password of its user part and any `password=` parameter replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let (head, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}={REDACTED}"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    let head = if head.is_empty() {
+        String::new()
+    } else {
+        format!("{head}://")
+    };
+    format!("{head}{authority}{tail}")
+}
+
 fn redact_secret_entries(map: &mut Map<String, Value>) {
     for (name, value) in map.iter_mut() {
         let upper = name.to_ascii_uppercase();
@@ -680,13 +777,22 @@ fn apply_env(
 ) -> Result<(BTreeMap<String, String>, Vec<String>), ConfigError> {
     let mut origins = BTreeMap::new();
     let mut ignored = Vec::new();
+    let alias_of = |name: &str| {
+        ALIAS_ENV
+            .iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, key)| *key)
+    };
     let mut pairs: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) || alias_of(name).is_some())
         .collect();
-    pairs.sort();
+    // Aliases first, so that a `CLAUDE_AGENT_*` variable for the same key overrides them.
+    pairs.sort_by_key(|(name, _)| (alias_of(name).is_none(), name.clone()));
     for (name, raw) in pairs {
-        let key = if let Some((_, key)) = NAMED_ENV.iter().find(|(var, _)| *var == name) {
+        let key = if let Some(key) = alias_of(&name) {
+            key.to_string()
+        } else if let Some((_, key)) = NAMED_ENV.iter().find(|(var, _)| *var == name) {
             key.to_string()
         } else if let Some((section, key)) = name[ENV_PREFIX.len()..].split_once("__") {
             format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase())
@@ -708,7 +814,11 @@ fn apply_env(
             };
             slot = object.entry(part.to_string()).or_insert(Value::Null);
         }
-        *slot = env_value(slot, &raw);
+        *slot = if TEXT_ENV_KEYS.contains(&key.as_str()) {
+            Value::String(raw)
+        } else {
+            env_value(slot, &raw)
+        };
         origins.insert(key, name);
     }
     Ok((origins, ignored))
@@ -1098,6 +1208,126 @@ plugins:
         let yaml = format!("user:\n  base_dir: {}\n", file.path().display());
         let message = load(Some(&yaml), &[]).unwrap_err().to_string();
         assert!(message.contains("user.base_dir"), "{message}");
+    }
+
+    #[test]
+    fn postgresql_keys_have_defaults_and_a_url_that_wins() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(
+            (config.session.pg_url.as_deref(), config.session.pg_pool_size),
+            (None, 10)
+        );
+        let yaml = "session:\n  storage: postgresql\n  pg_url: postgres://yaml@h/db\n  pg_pool_size: 3\n";
+        let config = load(Some(yaml), &[]).unwrap();
+        assert_eq!(config.session.pg_url.as_deref(), Some("postgres://yaml@h/db"));
+        assert_eq!(config.session.pg_pool_size, 3);
+        // DATABASE_URL beats the file; the service's own variable beats DATABASE_URL.
+        let config = load(Some(yaml), &[("DATABASE_URL", "postgres://alias@h/db")]).unwrap();
+        assert_eq!(config.session.pg_url.as_deref(), Some("postgres://alias@h/db"));
+        let url = "postgresql://u:p@db.internal:6432/agents?sslmode=require&application_name=a: b";
+        let config = load(
+            Some(yaml),
+            &[
+                ("DATABASE_URL", "postgres://alias@h/db"),
+                ("CLAUDE_AGENT_SESSION__PG_URL", url),
+                ("CLAUDE_AGENT_SESSION__PG_POOL_SIZE", "20"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.session.pg_url.as_deref(),
+            Some(url),
+            "taken as text, not YAML"
+        );
+        assert_eq!(config.session.pg_pool_size, 20);
+    }
+
+    #[test]
+    fn a_database_url_for_another_program_is_ignored_unless_postgresql_is_the_storage() {
+        let config = load(None, &[("DATABASE_URL", "sqlite://elsewhere.db")]).unwrap();
+        assert_eq!(config.session.storage, StorageKind::Sqlite);
+        let message = load(
+            None,
+            &[
+                ("CLAUDE_AGENT_SESSION_STORAGE", "postgresql"),
+                ("DATABASE_URL", "mysql://root:sekrit@h/db"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("session.pg_url") && message.contains("DATABASE_URL"),
+            "{message}"
+        );
+        assert!(!message.contains("sekrit"), "{message}");
+    }
+
+    #[test]
+    fn bad_postgresql_values_name_their_key() {
+        let cases = [
+            ("session:\n  pg_pool_size: 0\n", "session.pg_pool_size"),
+            (
+                "session:\n  storage: postgresql\n  pg_host: ''\n",
+                "session.pg_host",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_database: ' '\n",
+                "session.pg_database",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_user: ''\n",
+                "session.pg_user",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_port: 0\n",
+                "session.pg_port",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_url: ''\n",
+                "session.pg_url",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_url: localhost:5432\n",
+                "session.pg_url",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_url: 'postgres://u:pw-77@h/db?sslmode=sometimes'\n",
+                "session.pg_url",
+            ),
+            (
+                "session:\n  storage: postgresql\n  pg_url: 'postgres://u:pw-77@h:99999/db'\n",
+                "session.pg_url",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let message = load(Some(yaml), &[]).unwrap_err().to_string();
+            assert!(message.contains(key), "{yaml}: {message}");
+            assert!(!message.contains("pw-77"), "{yaml}: {message}");
+        }
+        // With a URL, the parts are not used and not checked.
+        let yaml = "session:\n  storage: postgresql\n  pg_host: ''\n  pg_url: postgres://h/db\n";
+        load(Some(yaml), &[]).unwrap();
+    }
+
+    #[test]
+    fn passwords_in_a_postgresql_url_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://svc:hunter2@db:5432/agents?sslmode=require",
+                "postgres://svc:***@db:5432/agents?sslmode=require",
+            ),
+            (
+                "postgresql://svc:p%40ss:w@db/agents?password=hunter2&sslmode=verify-full",
+                "postgresql://svc:***@db/agents?password=***&sslmode=verify-full",
+            ),
+            ("postgres://svc@db/agents", "postgres://svc@db/agents"),
+            ("postgres://db", "postgres://db"),
+        ] {
+            let config = load(None, &[("DATABASE_URL", url)]).unwrap();
+            let redacted = config.redacted();
+            assert_eq!(redacted["session"]["pg_url"], shown, "{url}");
+            assert!(!redacted.to_string().contains("hunter2"));
+        }
     }
 
     #[test]

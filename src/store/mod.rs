@@ -1,10 +1,11 @@
-//! Session records at rest: `trait SessionStore` and its backends (memory, SQLite). The trait's
+//! Session records at rest: `trait SessionStore` and its backends (memory, SQLite, PostgreSQL). The trait's
 //! specification is the conformance story in `tests/it/store.rs`, run against every backend.
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
 mod events;
 mod memory;
+mod postgres;
 mod rows;
 mod sqlite;
 mod transcripts;
@@ -16,6 +17,7 @@ use crate::domain::{SessionId, SessionRecord};
 
 pub use events::{EventStore, StoredEvent, TurnRecord, TurnStatus};
 pub use memory::MemoryStore;
+pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use transcripts::{Transcript, TranscriptStore};
 

@@ -52,6 +52,9 @@ impl SqliteStore {
             // Deleted content (a purged session, a scrubbed column) is overwritten, not left in
             // free pages.
             .pragma("secure_delete", "ON")
+            // A small page cache per connection (SQLite's default is 2 MiB): the service's memory
+            // stays flat while long turns are stored.
+            .pragma("cache_size", "-512")
             // Deleting a session removes its turns and events.
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
@@ -410,11 +413,22 @@ async fn insert_events(
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         let rows: Vec<(i64, String, &str, i64)> = chunk
             .iter()
-            .map(|e| Ok((to_sql_count(e.seq, "event number")?, e.turn_id.to_string(), e.data.as_str(), micros(e.at))))
+            .map(|e| {
+                Ok((
+                    to_sql_count(e.seq, "event number")?,
+                    e.turn_id.to_string(),
+                    e.data.as_str(),
+                    micros(e.at),
+                ))
+            })
             .collect::<Result<_, StoreError>>()?;
         let mut insert = sqlx::QueryBuilder::new("INSERT INTO events (session_id, seq, turn_id, data, at) ");
         insert.push_values(rows, |mut row, (seq, turn, data, at)| {
-            row.push_bind(&id).push_bind(seq).push_bind(turn).push_bind(data).push_bind(at);
+            row.push_bind(&id)
+                .push_bind(seq)
+                .push_bind(turn)
+                .push_bind(data)
+                .push_bind(at);
         });
         match insert.build().execute(&mut *tx).await {
             Ok(_) => {}

@@ -12,11 +12,15 @@ use claude_agent_http::store::{
 };
 use serde_json::json;
 
+use crate::support::pg::TestDatabase;
+
 /// One backend, seen through both of its traits.
 pub struct Backend {
     pub sessions: Arc<dyn SessionStore>,
     pub events: Arc<dyn EventStore>,
     pub transcripts: Arc<dyn TranscriptStore>,
+    /// Kept alive for the story (a PostgreSQL database is dropped with it).
+    _database: Option<TestDatabase>,
 }
 
 async fn open_memory(_: std::path::PathBuf) -> Backend {
@@ -25,6 +29,7 @@ async fn open_memory(_: std::path::PathBuf) -> Backend {
         sessions: store.clone(),
         events: store.clone(),
         transcripts: store,
+        _database: None,
     }
 }
 
@@ -34,6 +39,19 @@ async fn open_sqlite(path: std::path::PathBuf) -> Backend {
         sessions: store.clone(),
         events: store.clone(),
         transcripts: store,
+        _database: None,
+    }
+}
+
+/// A fresh database on the machine's PostgreSQL, dropped after the story.
+async fn open_postgres(_: std::path::PathBuf) -> Backend {
+    let database = TestDatabase::create().await;
+    let store = Arc::new(database.store(0).await);
+    Backend {
+        sessions: store.clone(),
+        events: store.clone(),
+        transcripts: store,
+        _database: Some(database),
     }
 }
 
@@ -111,6 +129,7 @@ macro_rules! conformance {
 conformance! {
     memory => open_memory;
     sqlite => open_sqlite;
+    postgres => open_postgres;
 }
 
 async fn events_come_back_in_order_byte_for_byte_and_by_page(backend: Backend) {

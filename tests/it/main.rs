@@ -8,6 +8,7 @@ mod http_edges;
 mod layering;
 mod lifecycle;
 mod options;
+mod pg_outage;
 mod runtime;
 mod sessions_api;
 mod store;
