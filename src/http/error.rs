@@ -254,18 +254,10 @@ fn store_error(store: &StoreError, error: &SessionError) -> ApiError {
     let unavailable = (S::SERVICE_UNAVAILABLE, "store_unavailable");
     let broken = (S::INTERNAL_SERVER_ERROR, "internal_error");
     let (status, code) = match store {
-        StoreError::Database(e) => match e {
-            // The database refused or could not be reached: busy, locked, read-only, full, gone.
-            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::Other => unavailable,
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => unavailable,
-            // A violated constraint or an undecodable column: our bug or a broken row.
-            _ => broken,
-        },
+        // The database refused or could not be reached: busy, locked, read-only, full, gone.
+        StoreError::Database(_) if store.is_outage() => unavailable,
+        // A violated constraint, a bad statement or an undecodable column: our bug or a broken row.
+        StoreError::Database(_) => broken,
         StoreError::Corrupt(_) | StoreError::Duplicate(_) | StoreError::Migrate(_) => broken,
         StoreError::LimitReached(_) => {
             return ApiError::new(S::TOO_MANY_REQUESTS, "session_limit_reached", error.to_string());

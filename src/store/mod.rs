@@ -41,6 +41,37 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether the failure is the database being unreachable or refusing for now (an outage to
+    /// retry later: busy, locked, read-only, out of space, shutting down, gone), rather than a bug
+    /// or a broken row.
+    pub fn is_outage(&self) -> bool {
+        let StoreError::Database(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => match db.code() {
+                // PostgreSQL's SQLSTATE: connection, resources, operator intervention, conflicts.
+                // (SQLite's codes are numbers of at most four digits.)
+                Some(code) if code.len() == 5 => {
+                    ["08", "53", "57P0", "57014", "40001", "40P01", "55P03", "25006"]
+                        .iter()
+                        .any(|prefix| code.starts_with(prefix))
+                }
+                // SQLite: busy, locked, read-only, I/O, full, cannot open.
+                _ => db.kind() == sqlx::error::ErrorKind::Other,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// Which session limit was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitScope {
