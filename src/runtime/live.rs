@@ -641,26 +641,15 @@ impl LiveSession {
             return;
         };
         let id = self.id();
-        let completed = matches!(terminal, TurnEvent::Done(_));
-        let mut gone = false;
-        if turn.tracker.stop_reason() != Some(TurnErrorCode::SessionDeleted) {
-            match self
-                .shared
-                .store
-                .touch(id, Utc::now(), u64::from(completed))
-                .await
-            {
-                Ok(true) => {}
-                // Deleted or expired while the turn ran: nothing of it may stay behind.
-                Ok(false) => gone = true,
-                Err(e) => tracing::error!(session.id = %id, error = %e, "cannot record the turn"),
-            }
-        }
         if let TurnEvent::Error { code, message, .. } = &terminal {
             tracing::warn!(session.id = %id, turn.id = %turn.id, error.code = code.as_str(), error.message = %message, "turn failed");
         }
+        let deleted = turn.tracker.stop_reason() == Some(TurnErrorCode::SessionDeleted);
         let record = self.finished_record(&turn, &terminal);
-        let event = self.stream.finish(record, terminal).await;
+        // One transaction: the turn's last events, its record, and the session's new activity.
+        let (event, exists) = self.stream.finish(record, terminal).await;
+        // Deleted or expired while the turn ran: nothing of it may stay behind.
+        let gone = !exists && !deleted;
         if let Some(done) = turn.done.take() {
             let _ = done.send(event);
         }

@@ -239,7 +239,7 @@ impl Runtime {
             turn.status = crate::store::TurnStatus::Failed;
             turn.error_code = Some(crate::domain::TurnErrorCode::ServiceRestarted.as_str().into());
             turn.finished_at = Some(chrono::Utc::now());
-            events.finish_turn(&turn, &[event]).await?;
+            events.finish_turn(&turn, &[event], false).await?;
             tracing::warn!(session.id = %turn.session_id, turn.id = %turn.turn_id, "a turn was cut short by a service restart");
         }
         Ok(running.len())

@@ -17,6 +17,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::domain::{SessionEvent, SessionId, TurnEvent, TurnId};
 use crate::store::{EventStore, StoredEvent, TranscriptStore, TurnRecord};
 
+/// How long the writer gathers events into one transaction.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Writes queued for the store per session before the agent waits for the store.
 const WRITE_QUEUE: usize = 1024;
 
@@ -24,7 +27,7 @@ const WRITE_QUEUE: usize = 1024;
 enum Write {
     Begin(TurnRecord),
     Event(StoredEvent),
-    Finish(TurnRecord, StoredEvent, oneshot::Sender<()>),
+    Finish(TurnRecord, StoredEvent, bool, oneshot::Sender<bool>),
     Transcript(String, Vec<String>),
 }
 
@@ -89,21 +92,24 @@ impl SessionStream {
         event
     }
 
-    /// Numbers a turn's terminal event, stores it with the turn's record (after everything queued
-    /// before it), and only then fans it out.
-    pub async fn finish(&mut self, record: TurnRecord, terminal: TurnEvent) -> Arc<SessionEvent> {
+    /// Numbers a turn's terminal event, stores it with the turn's record and the session's new
+    /// activity (one transaction, after everything queued before it), and only then fans it out.
+    /// Also answers whether the session still exists (false: deleted or expired meanwhile).
+    pub async fn finish(&mut self, record: TurnRecord, terminal: TurnEvent) -> (Arc<SessionEvent>, bool) {
+        let completed = matches!(terminal, TurnEvent::Done(_));
         let event = self.number(record.turn_id, terminal);
         let (stored, durable) = oneshot::channel();
+        let mut exists = true;
         if self
             .writes
-            .send(Write::Finish(record, Self::stored(&event), stored))
+            .send(Write::Finish(record, Self::stored(&event), completed, stored))
             .await
             .is_ok()
         {
-            let _ = durable.await;
+            exists = durable.await.unwrap_or(true);
         }
         let _ = self.fanout.send(event.clone());
-        event
+        (event, exists)
     }
 
     /// Queues lines the CLI added to its transcript (`path` relative to its config dir).
@@ -131,9 +137,15 @@ async fn write_events(
 ) {
     let mut events: Vec<StoredEvent> = Vec::new();
     while let Some(first) = queue.recv().await {
+        // Gather for a few milliseconds (a transaction per few ms of deltas, not per delta), but
+        // never hold a turn's end: its client waits for it.
         let mut batch = vec![first];
-        while let Ok(more) = queue.try_recv() {
-            batch.push(more);
+        let until = tokio::time::Instant::now() + BATCH_WINDOW;
+        while !matches!(batch.last(), Some(Write::Finish(..))) {
+            match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(more)) => batch.push(more),
+                _ => break,
+            }
         }
         for write in batch {
             match write {
@@ -149,13 +161,17 @@ async fn write_events(
                         tracing::error!(session.id = %session, error = %e, "cannot store the agent's transcript");
                     }
                 }
-                Write::Finish(turn, terminal, durable) => {
+                Write::Finish(turn, terminal, completed, durable) => {
                     events.push(terminal);
-                    if let Err(e) = store.finish_turn(&turn, &events).await {
-                        tracing::error!(session.id = %session, turn.id = %turn.turn_id, error = %e, "cannot record the turn's end");
-                    }
+                    let exists = match store.finish_turn(&turn, &events, completed).await {
+                        Ok(exists) => exists,
+                        Err(e) => {
+                            tracing::error!(session.id = %session, turn.id = %turn.turn_id, error = %e, "cannot record the turn's end");
+                            true
+                        }
+                    };
                     events.clear();
-                    let _ = durable.send(());
+                    let _ = durable.send(exists);
                 }
             }
         }

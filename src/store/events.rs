@@ -99,8 +99,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends events of one session, in one transaction. Their numbers continue the session's
     /// stream without a gap; a number already stored is refused (`Duplicate`).
     async fn append_events(&self, session: SessionId, events: &[StoredEvent]) -> Result<(), StoreError>;
-    /// Appends a turn's last events and records how it ended, in one transaction.
-    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError>;
+    /// Appends a turn's last events, records how it ended and marks its session active at
+    /// `turn.finished_at` (one more message when `completed`), in one transaction. False when the
+    /// session is gone or expired (then nothing is written).
+    async fn finish_turn(
+        &self,
+        turn: &TurnRecord,
+        events: &[StoredEvent],
+        completed: bool,
+    ) -> Result<bool, StoreError>;
     /// The session's events numbered after `after`, in order, at most `limit`.
     async fn events_after(
         &self,

@@ -179,9 +179,25 @@ impl EventStore for MemoryStore {
         Self::append_to(history.entry(session).or_default(), session, events)
     }
 
-    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError> {
-        if !self.records.read().await.contains_key(&turn.session_id) {
-            return Ok(());
+    async fn finish_turn(
+        &self,
+        turn: &TurnRecord,
+        events: &[StoredEvent],
+        completed: bool,
+    ) -> Result<bool, StoreError> {
+        let cutoff = self.expiry.cutoff();
+        {
+            let mut records = self.records.write().await;
+            let Some(record) = records
+                .get_mut(&turn.session_id)
+                .filter(|r| self.expiry.is_live(r, cutoff))
+            else {
+                return Ok(false);
+            };
+            record.last_active_at = record
+                .last_active_at
+                .max(turn.finished_at.unwrap_or_else(Utc::now));
+            record.message_count += u64::from(completed);
         }
         let mut history = self.history.write().await;
         let history = history.entry(turn.session_id).or_default();
@@ -189,7 +205,7 @@ impl EventStore for MemoryStore {
         if let Some(stored) = history.turns.iter_mut().find(|t| t.turn_id == turn.turn_id) {
             *stored = turn.clone();
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn events_after(

@@ -479,8 +479,26 @@ impl EventStore for SqliteStore {
         Ok(())
     }
 
-    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError> {
+    async fn finish_turn(
+        &self,
+        turn: &TurnRecord,
+        events: &[StoredEvent],
+        completed: bool,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let touched = sqlx::query(
+            "UPDATE sessions SET last_active_at = MAX(last_active_at, ?2), message_count = message_count + ?3 \
+             WHERE session_id = ?1 AND last_active_at >= ?4",
+        )
+        .bind(turn.session_id.to_string())
+        .bind(micros(turn.finished_at.unwrap_or_else(Utc::now)))
+        .bind(i64::from(completed))
+        .bind(cutoff_micros(&self.expiry))
+        .execute(&mut *tx)
+        .await?;
+        if touched.rows_affected() != 1 {
+            return Ok(false);
+        }
         insert_events(&mut tx, turn.session_id, events).await?;
         sqlx::query(
             "UPDATE turns SET status = ?3, error_code = ?4, text = ?5, tool_calls = ?6, usage = ?7, cost_usd = ?8, \
@@ -498,7 +516,7 @@ impl EventStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn events_after(

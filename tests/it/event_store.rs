@@ -214,7 +214,12 @@ async fn finishing_a_turn_records_its_outcome_with_its_last_events(backend: Back
         data: r#"{"type":"done","text":"Done."}"#.into(),
         ..event(&turn, 2, "")
     };
-    backend.events.finish_turn(&turn, &[done]).await.unwrap();
+    assert!(backend.events.finish_turn(&turn, &[done], true).await.unwrap());
+    let session = backend.sessions.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        session.message_count, 1,
+        "a completed turn counts as a message, in the same transaction"
+    );
     let stored = backend.events.turn(id, turn.turn_id).await.unwrap().unwrap();
     assert_eq!(stored.status, TurnStatus::Completed);
     assert_eq!(
@@ -247,7 +252,12 @@ async fn running_turns_are_the_unfinished_ones(backend: Backend) {
     finished.status = TurnStatus::Failed;
     finished.error_code = Some("agent_crashed".into());
     finished.finished_at = Some(Utc::now());
-    backend.events.finish_turn(&finished, &[]).await.unwrap();
+    assert!(backend.events.finish_turn(&finished, &[], false).await.unwrap());
+    assert_eq!(
+        backend.sessions.get(a).await.unwrap().unwrap().message_count,
+        0,
+        "a failed turn is not counted"
+    );
     let open: Vec<TurnId> = backend
         .events
         .running_turns()
@@ -321,7 +331,7 @@ async fn deleting_a_session_removes_its_turns_and_events(backend: Backend) {
     turn.status = TurnStatus::Interrupted;
     backend
         .events
-        .finish_turn(&turn, &[event(&turn, 3, "c")])
+        .finish_turn(&turn, &[event(&turn, 3, "c")], false)
         .await
         .unwrap();
     assert!(backend.events.events_after(id, 0, 10).await.unwrap().is_empty());

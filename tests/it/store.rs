@@ -689,7 +689,7 @@ mod postgres_database {
             ..first.clone()
         };
         store
-            .finish_turn(&finished, std::slice::from_ref(&e3))
+            .finish_turn(&finished, std::slice::from_ref(&e3), true)
             .await
             .unwrap();
         assert_eq!(
@@ -715,10 +715,12 @@ mod postgres_database {
             finished_at: Some(now()),
             ..second.clone()
         };
-        let refused = store.finish_turn(&failed, &[event(&second, 3, "{}")]).await;
+        let refused = store
+            .finish_turn(&failed, &[event(&second, 3, "{}")], false)
+            .await;
         assert!(matches!(refused, Err(StoreError::Duplicate(_))), "{refused:?}");
         assert_eq!(store.turn(s, second.turn_id).await.unwrap(), Some(second.clone()));
-        store.finish_turn(&failed, &[]).await.unwrap();
+        store.finish_turn(&failed, &[], false).await.unwrap();
 
         // Oldest first; the newest `limit`; those started before `before`.
         assert_eq!(
@@ -737,13 +739,16 @@ mod postgres_database {
         assert!(store.turns(s, None, 10).await.unwrap().is_empty());
         assert_eq!(store.last_seq(s).await.unwrap(), 0);
         // Late writes for a deleted session change nothing and are not errors (the contract).
-        store
-            .finish_turn(&failed, &[event(&second, 4, "{}")])
-            .await
-            .unwrap();
+        assert!(
+            !store
+                .finish_turn(&failed, &[event(&second, 4, "{}")], false)
+                .await
+                .unwrap(),
+            "the session is gone"
+        );
         store.append_events(s, &[event(&second, 4, "{}")]).await.unwrap();
         assert!(store.events_after(s, 0, 10).await.unwrap().is_empty());
-        store.finish_turn(&failed, &[]).await.unwrap();
+        store.finish_turn(&failed, &[], false).await.unwrap();
         let mut connection = database.connect().await;
         assert_eq!(
             (

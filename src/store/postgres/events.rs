@@ -86,9 +86,28 @@ impl EventStore for PostgresStore {
         insert_events(&mut connection, session, events).await
     }
 
-    async fn finish_turn(&self, turn: &TurnRecord, events: &[StoredEvent]) -> Result<(), StoreError> {
+    async fn finish_turn(
+        &self,
+        turn: &TurnRecord,
+        events: &[StoredEvent],
+        completed: bool,
+    ) -> Result<bool, StoreError> {
         let row = TurnRow::try_from(turn)?;
         let mut tx = self.pool.begin().await?;
+        let touched = sqlx::query(
+            "UPDATE sessions SET last_active_at = GREATEST(last_active_at, $2), \
+             message_count = message_count + $3 WHERE session_id = $1 \
+             AND last_active_at >= COALESCE($4::timestamptz, '-infinity')",
+        )
+        .bind(turn.session_id.0)
+        .bind(turn.finished_at.unwrap_or_else(chrono::Utc::now))
+        .bind(i64::from(completed))
+        .bind(self.cutoff())
+        .execute(&mut *tx)
+        .await?;
+        if touched.rows_affected() != 1 {
+            return Ok(false);
+        }
         insert_events(&mut tx, turn.session_id, events).await?;
         // An update, never an insert: a turn that was never begun (or went with its session)
         // stays absent.
@@ -113,7 +132,7 @@ impl EventStore for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn events_after(
