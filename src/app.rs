@@ -276,6 +276,7 @@ fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
         silence_timeout: seconds(config.defaults.turn_silence_timeout),
         prewarm: config.api.prewarm,
         stream_buffer: config.api.stream_buffer_events as usize,
+        stream_coalesce: Duration::from_millis(config.api.stream_coalesce_ms),
         extra_env: config.defaults.env.clone(),
         mcp_servers: config.mcp_servers.clone(),
         inherited,

@@ -156,6 +156,9 @@ pub struct ApiConfig {
     pub max_concurrent_starts: u32,
     /// Events buffered per session for streaming readers; a reader further behind is dropped.
     pub stream_buffer_events: u32,
+    /// Milliseconds within which text deltas are merged into one event (the first after a pause
+    /// goes at once); 0 merges only what one read of the agent's output delivered.
+    pub stream_coalesce_ms: u64,
 }
 
 /// The `defaults` section: agent options every new session gets (see [`Config::agent_options`])
@@ -252,6 +255,7 @@ impl Default for ApiConfig {
             prewarm: true,
             max_concurrent_starts: 2,
             stream_buffer_events: 4096,
+            stream_coalesce_ms: 2,
         }
     }
 }
@@ -535,6 +539,9 @@ impl Config {
         }
         if self.api.keepalive_seconds == 0 {
             return Err(("api.keepalive_seconds", "must be at least 1".into()));
+        }
+        if self.api.stream_coalesce_ms > 1000 {
+            return Err(("api.stream_coalesce_ms", "must be at most 1000".into()));
         }
         if self.api.max_concurrent_starts == 0 {
             return Err(("api.max_concurrent_starts", "must be at least 1".into()));

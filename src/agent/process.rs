@@ -88,6 +88,7 @@ impl AgentProcess {
         spec: &SpawnSpec,
         cwd_dir: std::os::fd::OwnedFd,
         cgroup: Option<SessionCgroup>,
+        coalesce: Duration,
     ) -> Result<Self, LaunchError> {
         let mut child = launcher.launch(Launch {
             command: spec.command_line(),
@@ -127,7 +128,13 @@ impl AgentProcess {
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
 
         let (output_tx, output_rx) = mpsc::channel(OUTPUT_BUFFER);
-        tokio::spawn(read_stdout(stdout, output_tx, exit_rx.clone(), spec.session));
+        tokio::spawn(read_stdout(
+            stdout,
+            output_tx,
+            exit_rx.clone(),
+            spec.session,
+            coalesce,
+        ));
 
         Ok(AgentProcess {
             session: spec.session,
@@ -289,7 +296,11 @@ async fn read_stdout(
     output: mpsc::Sender<Output>,
     mut exit: watch::Receiver<Option<ExitInfo>>,
     session: SessionId,
+    coalesce: Duration,
 ) {
+    // Text deltas within `coalesce` of the last one handed over are merged (one event per window
+    // while text flows); the first after a pause goes at once, so time to first token is untouched.
+    let mut window_end: Option<tokio::time::Instant> = None;
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut line = Vec::new();
     let mut delta: Option<String> = None;
@@ -308,7 +319,19 @@ async fn read_stdout(
                 None => std::future::pending().await,
             }
         };
+        let window = async {
+            match window_end {
+                Some(at) if delta.is_some() => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = window => {
+                send(Output::Message(AgentMessage::TextDelta(delta.take().expect("held"))))
+                    .await;
+                window_end = Some(tokio::time::Instant::now() + coalesce);
+                continue;
+            }
             read = reader.read_until(b'\n', &mut line) => match read {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -338,7 +361,16 @@ async fn read_stdout(
         };
         line.clear();
         match parsed {
-            Some(AgentMessage::TextDelta(text)) => delta.get_or_insert_with(String::new).push_str(&text),
+            Some(AgentMessage::TextDelta(text)) => {
+                let now = tokio::time::Instant::now();
+                if delta.is_none() && !coalesce.is_zero() && window_end.is_none_or(|end| now >= end) {
+                    // The first delta after a pause: at once, and a window opens for the next ones.
+                    send(Output::Message(AgentMessage::TextDelta(text))).await;
+                    window_end = Some(now + coalesce);
+                } else {
+                    delta.get_or_insert_with(String::new).push_str(&text);
+                }
+            }
             Some(message) => {
                 if let Some(text) = delta.take() {
                     send(Output::Message(AgentMessage::TextDelta(text))).await;
@@ -347,8 +379,8 @@ async fn read_stdout(
             }
             None => {}
         }
-        // Nothing more has arrived: hand over what was merged.
-        if delta.is_some() && !reader.buffer().contains(&b'\n') {
+        // Without a window: hand over what one pipe read delivered, merged.
+        if coalesce.is_zero() && delta.is_some() && !reader.buffer().contains(&b'\n') {
             send(Output::Message(AgentMessage::TextDelta(
                 delta.take().expect("checked"),
             )))

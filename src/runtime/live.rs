@@ -490,7 +490,8 @@ impl LiveSession {
         }
         // Spawned from this task (a worker thread), never from a blocking thread: see launch.rs.
         let features = spec.features;
-        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup)
+        let coalesce = self.shared.settings.stream_coalesce;
+        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup, coalesce)
             .map(|process| (process, features))
             .map_err(|e| {
                 tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");

@@ -57,6 +57,9 @@ pub struct RuntimeSettings {
     pub prewarm: bool,
     /// Events buffered per session for streaming readers.
     pub stream_buffer: usize,
+    /// Text deltas closer together than this are merged into one event (0: only those one pipe
+    /// read delivered together).
+    pub stream_coalesce: Duration,
     /// `defaults.env`.
     pub extra_env: BTreeMap<String, String>,
     /// The MCP servers every agent gets (with their secrets; never stored).
