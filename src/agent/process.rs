@@ -77,6 +77,8 @@ pub struct AgentProcess {
     cgroup: Option<SessionCgroup>,
     /// Where the CLI keeps `sessions/<pid>.json` while it runs (left behind when it is killed).
     config_dir: std::path::PathBuf,
+    /// Leftovers have been killed (by `kill` or `stop`).
+    cleaned: bool,
     next_request: u64,
 }
 
@@ -145,6 +147,7 @@ impl AgentProcess {
             stderr_tail,
             cgroup,
             config_dir: spec.config_dir.clone(),
+            cleaned: false,
             next_request: 1,
         })
     }
@@ -238,41 +241,68 @@ impl AgentProcess {
                 }
             }
         }
+        // Stopped means nothing of the session runs any more.
+        self.clean_up().await;
     }
 }
 
-impl Drop for AgentProcess {
-    /// Kills every process of the session at once: the CLI and everything it started.
-    fn drop(&mut self) {
+impl AgentProcess {
+    /// Kills the CLI and everything it started; returns once none of it runs.
+    pub async fn kill(mut self) {
         self.signal(Signal::KILL);
+        self.clean_up().await;
+    }
+
+    /// Kills what is left of the session (tools a CLI that exited left running) and waits for it;
+    /// the cgroup's removal goes on in the background.
+    async fn clean_up(&mut self) {
+        let Some(job) = self.cleanup_job() else {
+            return;
+        };
+        if let Err(e) = tokio::task::spawn_blocking(job).await {
+            tracing::warn!(session.id = %self.session, error = %e, "cleaning up after the agent failed");
+        }
+    }
+
+    /// The (blocking) work of killing leftovers, once: cgroup or /proc reads, signals, reaping.
+    fn cleanup_job(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+        if self.cleaned {
+            return None;
+        }
+        self.cleaned = true;
         let cgroup = self.cgroup.take();
         let session = self.session;
         let pid = self.pid;
         let pid_file = self.config_dir.join("sessions").join(format!("{pid}.json"));
-        let cleanup = move || {
-            kill_leftovers(cgroup, session, pid);
+        Some(move || {
+            match cgroup {
+                Some(cgroup) => {
+                    cgroup.kill_all();
+                    // The CLI is reaped by tokio; what remains are zombies of adopted tools.
+                    tree::reap_zombie_children(&[pid].into_iter().collect());
+                    // Removal may wait for the last reaps: never hold the caller for it.
+                    std::thread::spawn(move || cgroup.remove_when_empty());
+                }
+                None => tree::kill_session_processes(&session.to_string(), pid),
+            }
             // A killed CLI cannot remove its own record of itself.
             let _ = std::fs::remove_file(pid_file);
-        };
-        // Reading cgroup or /proc files blocks; keep it off the async workers.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(cleanup)),
-            Err(_) => cleanup(),
-        }
+        })
     }
 }
 
-/// Kills whatever of a session still runs: its cgroup's members, or (without one) its marked
-/// processes and the CLI's descendants; then removes the cgroup.
-fn kill_leftovers(cgroup: Option<SessionCgroup>, session: SessionId, pid: u32) {
-    match cgroup {
-        Some(cgroup) => {
-            cgroup.kill_all();
-            // The CLI is reaped by tokio; what remains are zombies of adopted tools.
-            tree::reap_zombie_children(&[pid].into_iter().collect());
-            cgroup.remove_when_empty();
+impl Drop for AgentProcess {
+    /// Kills every process of the session at once (unless `kill` or `stop` already did).
+    fn drop(&mut self) {
+        let Some(job) = self.cleanup_job() else {
+            return;
+        };
+        self.signal(Signal::KILL);
+        // Reading cgroup or /proc files blocks; keep it off the async workers.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(job)),
+            Err(_) => job(),
         }
-        None => tree::kill_session_processes(&session.to_string(), pid),
     }
 }
 

@@ -137,6 +137,8 @@ pub(super) struct LiveSession {
     last_used: Instant,
     /// The session no longer exists in the store: close at the next step.
     doomed: bool,
+    /// The start in flight was evicted before it spawned anything.
+    abandon_start: bool,
     closed: bool,
 }
 
@@ -181,6 +183,7 @@ impl LiveSession {
             stream,
             last_used: Instant::now(),
             doomed: false,
+            abandon_start: false,
             closed: false,
         };
         while !live.closed {
@@ -230,9 +233,17 @@ impl LiveSession {
                 }
             }
             Command::Evict { reply } => {
-                let stopped = self.turn.is_none() && self.process.is_some();
-                if stopped {
-                    self.stop_process("making room").await;
+                let mut stopped = false;
+                if self.turn.is_none() {
+                    if self.process.is_some() {
+                        self.stop_process("making room").await;
+                        stopped = true;
+                    } else if self.starting {
+                        // A start ahead of need gives way to a session that needs the room now.
+                        self.abandon_start = true;
+                        self.status.live.store(false, Ordering::Release);
+                        stopped = true;
+                    }
                 }
                 let _ = reply.send(stopped);
             }
@@ -370,7 +381,16 @@ impl LiveSession {
 
     async fn on_admitted(&mut self, admission: Admission) {
         let permit = match admission {
-            Admission::Granted(permit) => permit,
+            Admission::Granted(_) if std::mem::take(&mut self.abandon_start) && self.turn.is_none() => {
+                // Evicted before it started: give the room back.
+                self.status.live.store(false, Ordering::Release);
+                return;
+            }
+            Admission::Granted(permit) => {
+                // The room is ours (again, if an eviction of the start raced with a turn's arrival).
+                self.status.live.store(true, Ordering::Release);
+                permit
+            }
             Admission::NoCapacity(why) => {
                 self.fail_waiting_turn(TurnErrorCode::AgentCapacityReached, why)
                     .await;
@@ -602,8 +622,8 @@ impl LiveSession {
             return;
         };
         let stderr = process.stderr_tail();
-        // Dropping it kills whatever its tools left running.
-        drop(process);
+        // Whatever its tools left running dies before the session goes on.
+        process.kill().await;
         self.status.live.store(false, Ordering::Release);
         self.start_permit = None;
         self.init_request = None;
@@ -745,7 +765,7 @@ impl LiveSession {
     async fn kill_process(&mut self) {
         if let Some(process) = self.process.take() {
             tracing::warn!(session.id = %self.id(), agent.pid = process.pid(), "killing the agent");
-            drop(process);
+            process.kill().await;
         }
         self.status.live.store(false, Ordering::Release);
         self.start_permit = None;

@@ -558,7 +558,8 @@ impl Shared {
             return Admission::Closing;
         };
         let limit = self.settings.memory_limit_bytes;
-        for _ in 0..=self.settings.max_live {
+        // Victims may be between states (a start in flight, a turn just ending): retry a few times.
+        for attempt in 0..self.settings.max_live + 8 {
             if self.closing.load(Ordering::Acquire) {
                 return Admission::Closing;
             }
@@ -594,8 +595,10 @@ impl Shared {
                 }
             };
             let (reply, answer) = oneshot::channel();
-            if victim.1.send(Command::Evict { reply }).await.is_ok() {
-                let _ = answer.await;
+            let stopped =
+                victim.1.send(Command::Evict { reply }).await.is_ok() && answer.await.unwrap_or(false);
+            if !stopped {
+                tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1))).await;
             }
         }
         Admission::NoCapacity("agents could not be stopped to make room".into())
