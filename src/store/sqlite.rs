@@ -630,12 +630,6 @@ impl TranscriptStore for SqliteStore {
                 .bind(session.to_string())
                 .fetch_all(&self.pool)
                 .await?;
-        let Some(path) = rows.last().map(|(path, _)| path.clone()) else {
-            return Ok(None);
-        };
-        Ok(Some(Transcript {
-            path,
-            lines: rows.into_iter().map(|(_, line)| line).collect(),
-        }))
+        Ok(Transcript::from_rows(rows))
     }
 }

@@ -17,6 +17,18 @@ pub struct Transcript {
     pub lines: Vec<String>,
 }
 
+impl Transcript {
+    /// A transcript from stored `(path, line)` rows in order; `None` without rows. The path is
+    /// the last row's (the CLI may move its file, e.g. to another project folder).
+    pub fn from_rows(rows: Vec<(String, String)>) -> Option<Transcript> {
+        let path = rows.last()?.0.clone();
+        Some(Transcript {
+            path,
+            lines: rows.into_iter().map(|(_, line)| line).collect(),
+        })
+    }
+}
+
 /// Where transcripts live. Writing for a session that no longer exists changes nothing.
 #[async_trait]
 pub trait TranscriptStore: Send + Sync + 'static {
