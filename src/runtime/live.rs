@@ -628,7 +628,7 @@ impl LiveSession {
         self.start_permit = None;
         self.init_request = None;
         let Some(turn) = self.turn.as_mut() else {
-            tracing::warn!(session.id = %self.record.session_id, agent.exit = %exit, agent.stderr = %stderr, "agent exited while idle");
+            tracing::warn!(session.id = %self.record.session_id, agent.exit = %exit, agent.stderr = %stderr, "agent had exited while idle");
             return;
         };
         if turn.phase != Phase::Running {
