@@ -121,11 +121,6 @@ impl SessionStream {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SessionEvent>> {
         self.fanout.subscribe()
     }
-
-    /// The number the next event will get.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
 }
 
 /// Stores a session's writes in order, batching the events that queued up meanwhile.
