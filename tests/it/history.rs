@@ -127,7 +127,7 @@ async fn several_watchers_see_the_same_events_each_at_its_own_pace() {
 
 #[tokio::test]
 async fn turns_and_the_conversation_survive_a_restart_and_numbering_goes_on() {
-    let app = AgentServer::start("").await;
+    let app = AgentServer::start_durable("").await;
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "first message").await;
     app.chat_ok(&id, "tool Bash {\"command\": \"echo hi\"}").await;
@@ -184,7 +184,7 @@ async fn turns_and_the_conversation_survive_a_restart_and_numbering_goes_on() {
 
 #[tokio::test]
 async fn a_turn_cut_short_by_a_crash_is_marked_failed_and_the_session_goes_on() {
-    let app = AgentServer::start("").await;
+    let app = AgentServer::start_durable("").await;
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "before the crash").await;
     let stream = app.stream_a_running_sleep(&id).await;
@@ -214,7 +214,7 @@ async fn a_turn_cut_short_by_a_crash_is_marked_failed_and_the_session_goes_on() 
 
 #[tokio::test]
 async fn a_session_resumes_from_the_store_when_its_disk_is_wiped() {
-    let app = AgentServer::start("").await;
+    let app = AgentServer::start_durable("").await;
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "remember the blue door").await;
     let mut app = app;

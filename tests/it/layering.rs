@@ -83,6 +83,36 @@ fn the_source_keeps_its_layers() {
     );
 }
 
+/// A merge that left its conflict markers in a document (the compiler catches them in code).
+#[test]
+fn the_documents_hold_no_merge_leftovers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents: Vec<_> = ["README.md", "ARCHITECTURE.md", "config.example.yaml"]
+        .iter()
+        .map(|name| root.join(name))
+        .collect();
+    documents.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path()),
+    );
+    let markers = ["<<<<<<< ", ">>>>>>> ", "||||||| "];
+    let leftovers: Vec<String> = documents
+        .iter()
+        .filter(|path| path.is_file())
+        .flat_map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| markers.iter().any(|marker| line.starts_with(marker)))
+                .map(|(index, _)| format!("{name}:{}", index + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "conflict markers at {leftovers:?}");
+}
+
 /// Every `.rs` file under `dir`, as (path relative to `src`, text), in a stable order.
 fn rust_files(src: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)

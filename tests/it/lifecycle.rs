@@ -157,7 +157,7 @@ async fn the_live_cap_evicts_the_least_recently_used_idle_agent() {
 
 #[tokio::test]
 async fn resume_starts_the_process_and_a_restart_keeps_every_conversation() {
-    let app = AgentServer::start("").await;
+    let app = AgentServer::start_durable("").await;
     let (id, _) = app.session("alice").await;
     let (untouched, _) = app.session("alice").await;
     app.chat_ok(&id, "before restart").await;
@@ -246,7 +246,7 @@ async fn above_the_memory_limit_idle_agents_are_stopped() {
 
 #[tokio::test]
 async fn after_a_hard_crash_the_next_start_kills_what_was_left_and_conversations_go_on() {
-    let app = AgentServer::start("").await;
+    let app = AgentServer::start_durable("").await;
     let (id, _) = app.session("alice").await;
     app.chat_ok(&id, "before the crash").await;
     let stream = app.stream_a_running_sleep(&id).await;

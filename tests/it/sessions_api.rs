@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, expect_json};
+use crate::support::{Storage, TestServer, expect_json};
 
 #[tokio::test]
 async fn a_user_creates_reads_lists_resumes_and_deletes_a_session() {
@@ -81,8 +81,8 @@ async fn metadata_is_kept_and_a_non_uuid_id_is_not_found() {
 }
 
 #[tokio::test]
-async fn sessions_survive_a_restart_on_sqlite() {
-    let server = TestServer::start("").await;
+async fn sessions_survive_a_restart() {
+    let server = TestServer::start_durable("", Vec::new()).await;
     let id = server.user("alice").create_session(None).await["session_id"]
         .as_str()
         .unwrap()
@@ -244,7 +244,12 @@ async fn health_root_openapi_and_docs_answer() {
         assert!(health.get(field).is_some(), "health lacks {field}: {health}");
     }
     assert_eq!(health["status"], "healthy");
-    assert_eq!(health["storage_type"], "sqlite");
+    let storage = match Storage::of_run() {
+        Storage::Sqlite => "sqlite",
+        Storage::Postgresql => "postgresql",
+        Storage::Memory => "memory",
+    };
+    assert_eq!(health["storage_type"], storage);
     // This server has no CLI and may not install one: it says so, and why.
     assert_eq!(health["agent_cli"]["status"], "missing", "{health}");
     assert!(

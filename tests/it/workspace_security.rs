@@ -165,7 +165,8 @@ async fn the_data_folder_is_private_whatever_the_umask() {
     use rustix::fs::Mode;
     // The server inherits the umask at spawn; each test runs in its own process under nextest.
     let previous = rustix::process::umask(Mode::empty());
-    let server = TestServer::start("").await;
+    // The SQLite file is part of what must be private.
+    let server = TestServer::start("session:\n  storage: sqlite\n").await;
     rustix::process::umask(previous);
     server.user("alice").create_session(Some("proj/deep")).await;
     let data = server.data_dir();

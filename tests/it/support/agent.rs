@@ -15,7 +15,7 @@ pub use super::procs::cmdline;
 
 use super::model::ModelStandIn;
 use super::procs;
-use super::server::TestServer;
+use super::server::{Storage, TestServer};
 
 /// Names a CLI to test with instead of the pinned one (on purpose: a `claude` on PATH is ignored).
 pub const TEST_CLI_VARIABLE: &str = "CLAUDE_AGENT_TEST_CLI";
@@ -69,6 +69,22 @@ impl AgentServer {
         extra_yaml: &str,
         extra_env: Vec<(String, String)>,
     ) -> AgentServer {
+        Self::start_on(Storage::of_run(), wrapper, extra_yaml, extra_env).await
+    }
+
+    /// Starts a server for a story that restarts it and expects its sessions back (see
+    /// `TestServer::start_durable`).
+    pub async fn start_durable(extra_yaml: &str) -> AgentServer {
+        Self::start_on(Storage::durable_of_run(), &[], extra_yaml, Vec::new()).await
+    }
+
+    /// Starts a server on `storage` (see `TestServer::start_on`).
+    pub async fn start_on(
+        storage: Storage,
+        wrapper: &[&str],
+        extra_yaml: &str,
+        extra_env: Vec<(String, String)>,
+    ) -> AgentServer {
         let model = ModelStandIn::start().await;
         let cli = tokio::task::spawn_blocking(cli_path).await.expect("cli lookup");
         let yaml = format!(
@@ -80,7 +96,7 @@ impl AgentServer {
             ("ANTHROPIC_API_KEY".to_string(), "sk-test-stand-in".to_string()),
         ];
         env.extend(extra_env);
-        let server = TestServer::start_wrapped(wrapper, &yaml, env).await;
+        let server = TestServer::start_on(storage, wrapper, &yaml, env).await;
         AgentServer { server, model }
     }
 

@@ -8,4 +8,4 @@ pub mod pg;
 pub mod procs;
 pub mod server;
 
-pub use server::{TestServer, expect_json};
+pub use server::{Storage, TestServer, expect_json};

@@ -1,4 +1,6 @@
-//! Starts the real server binary on a random loopback port with its own data folder.
+//! Starts the real server binary on a random loopback port with its own data folder, on the
+//! storage the run names (`CLAUDE_AGENT_TEST_STORAGE`: `sqlite`, the default, `postgresql` or
+//! `memory`), so every story runs on every storage (`scripts/test` runs all three).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,6 +9,40 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+use super::pg::{TestDatabase, server_env};
+
+/// Names the storage the stories of this run use.
+pub const STORAGE_VARIABLE: &str = "CLAUDE_AGENT_TEST_STORAGE";
+
+/// The storage a story's server keeps its sessions in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Sqlite,
+    Postgresql,
+    Memory,
+}
+
+impl Storage {
+    /// The storage this run's stories use (`CLAUDE_AGENT_TEST_STORAGE`, SQLite by default).
+    pub fn of_run() -> Storage {
+        match std::env::var(STORAGE_VARIABLE).as_deref() {
+            Err(_) | Ok("") | Ok("sqlite") => Storage::Sqlite,
+            Ok("postgresql") => Storage::Postgresql,
+            Ok("memory") => Storage::Memory,
+            Ok(other) => panic!("{STORAGE_VARIABLE}={other}: expected sqlite, postgresql or memory"),
+        }
+    }
+
+    /// The storage of this run for a story that restarts the service and expects its sessions
+    /// back: on a memory run, SQLite (a memory store forgets by design).
+    pub fn durable_of_run() -> Storage {
+        match Storage::of_run() {
+            Storage::Memory => Storage::Sqlite,
+            durable => durable,
+        }
+    }
+}
 
 /// A running server and the folder it keeps its data in.
 pub struct TestServer {
@@ -17,6 +53,9 @@ pub struct TestServer {
     extra_yaml: String,
     env: Vec<(String, String)>,
     wrapper: Vec<String>,
+    /// The PostgreSQL database of a server on the `postgresql` storage; dropped after the server
+    /// (whose `Drop` kills it first), kept across restarts.
+    database: Option<TestDatabase>,
 }
 
 impl TestServer {
@@ -33,9 +72,40 @@ impl TestServer {
     /// Starts the server binary as the last argument of `wrapper` (e.g. `unshare --pid --fork`),
     /// which must exec it with the arguments that follow.
     pub async fn start_wrapped(wrapper: &[&str], extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
+        Self::start_on(Storage::of_run(), wrapper, extra_yaml, env).await
+    }
+
+    /// Starts a server for a story that restarts it and expects its sessions back: on the run's
+    /// storage, or SQLite on a memory run.
+    pub async fn start_durable(extra_yaml: &str, env: Vec<(String, String)>) -> TestServer {
+        Self::start_on(Storage::durable_of_run(), &[], extra_yaml, env).await
+    }
+
+    /// Starts a server on `storage`, unless the story names a storage itself (in `extra_yaml` or
+    /// `env`), which then wins.
+    pub async fn start_on(
+        storage: Storage,
+        wrapper: &[&str],
+        extra_yaml: &str,
+        mut env: Vec<(String, String)>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
-        Self::start_in(dir, extra_yaml, env, wrapper).await
+        let named = extra_yaml.contains("storage:")
+            || env.iter().any(|(key, _)| key == "CLAUDE_AGENT_SESSION_STORAGE");
+        let mut database = None;
+        if !named {
+            match storage {
+                Storage::Sqlite => {}
+                Storage::Memory => env.push(("CLAUDE_AGENT_SESSION_STORAGE".into(), "memory".into())),
+                Storage::Postgresql => {
+                    let created = TestDatabase::create().await;
+                    env.extend(server_env(&created.url()));
+                    database = Some(created);
+                }
+            }
+        }
+        Self::start_in(dir, extra_yaml, env, wrapper, database).await
     }
 
     async fn start_in(
@@ -43,6 +113,7 @@ impl TestServer {
         extra_yaml: &str,
         env: Vec<(String, String)>,
         wrapper: Vec<String>,
+        database: Option<TestDatabase>,
     ) -> TestServer {
         let config = dir.path().join("config.yaml");
         // Relative, as in the default configuration: the server runs in the test's folder.
@@ -96,6 +167,7 @@ impl TestServer {
             extra_yaml: extra_yaml.to_string(),
             env,
             wrapper,
+            database,
         };
         let addr = server.wait_for_port(&port_file, Duration::from_secs(20)).await;
         server.base = format!("http://{addr}");
@@ -191,7 +263,8 @@ impl TestServer {
         let extra = self.extra_yaml.clone();
         let env = std::mem::take(&mut self.env);
         let wrapper = std::mem::take(&mut self.wrapper);
-        Self::start_in(dir, &extra, env, wrapper).await
+        let database = self.database.take();
+        Self::start_in(dir, &extra, env, wrapper, database).await
     }
 
     /// A client acting as one user.
