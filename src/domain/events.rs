@@ -236,6 +236,8 @@ pub enum TurnErrorCode {
     StreamLagged,
     /// The service stopped (crashed or was killed) while the turn ran.
     ServiceRestarted,
+    /// The session store was unavailable when the turn ended: its events are stored later.
+    StoreUnavailable,
 }
 
 impl TurnErrorCode {
@@ -256,6 +258,7 @@ impl TurnErrorCode {
             TurnErrorCode::SessionDeleted => "session_deleted",
             TurnErrorCode::StreamLagged => "stream_lagged",
             TurnErrorCode::ServiceRestarted => "service_restarted",
+            TurnErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 }

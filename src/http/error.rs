@@ -142,7 +142,8 @@ impl ApiError {
             TurnErrorCode::AgentUnavailable
             | TurnErrorCode::AgentCapacityReached
             | TurnErrorCode::CredentialsMissing
-            | TurnErrorCode::ServiceShutdown => S::SERVICE_UNAVAILABLE,
+            | TurnErrorCode::ServiceShutdown
+            | TurnErrorCode::StoreUnavailable => S::SERVICE_UNAVAILABLE,
             TurnErrorCode::AgentUnresponsive => S::GATEWAY_TIMEOUT,
             TurnErrorCode::SessionDeleted => S::NOT_FOUND,
             TurnErrorCode::StreamLagged | TurnErrorCode::ServiceRestarted => S::INTERNAL_SERVER_ERROR,

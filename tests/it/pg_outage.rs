@@ -1,5 +1,6 @@
 //! The database going away is an outage, not a crash: against a PostgreSQL server of the test's own,
-//! stopped the hard way (`pg_ctl stop -m immediate`) under the running service and started again.
+//! stopped the hard way (`pg_ctl stop -m immediate`) under the running service and started again,
+//! between turns and in the middle of one.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
+use crate::support::agent::AgentServer;
 use crate::support::pg::{PrivateCluster, server_env};
+use crate::support::{TestServer, expect_json};
 
 /// The longest any request may take while the database is down.
 const ANSWER_WITHIN: Duration = Duration::from_secs(8);
@@ -103,4 +105,85 @@ async fn requests_answer_503_while_postgresql_is_down_and_the_service_recovers_b
     );
     alice.create_session(None).await;
     assert_eq!(alice.session_ids().await.len(), 2);
+}
+
+/// A turn running when the database goes away streams on; its end, which cannot be stored, is told
+/// to its client within seconds as `store_unavailable`. Nothing is lost: once the database is back,
+/// every event (the ones streamed during the outage too) is stored in order, as the client saw it,
+/// and the session goes on remembering the conversation.
+#[tokio::test]
+async fn a_turn_running_when_postgresql_goes_away_ends_cleanly_and_loses_nothing() {
+    let mut cluster = PrivateCluster::start().await;
+    let app = AgentServer::start_with_env("", server_env(&cluster.url())).await;
+    let (id, cwd) = app.session("alice").await;
+    app.chat_ok(&id, "before the outage").await;
+    // A tool that waits for the test: the turn is surely running when the database stops.
+    let command = "python3 -c \"import os, time\nwhile not os.path.exists('go'): time.sleep(0.05)\"";
+    let message = format!("tool Bash {}", json!({ "command": command }));
+    let mut stream = app.stream(&id, &message).await;
+    let mut seen = vec![stream.until("tool_use").await];
+
+    cluster.stop_immediately();
+    std::fs::write(cwd.join("go"), "").unwrap();
+    let started = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+        .await
+        .expect("the turn ended while the database was down");
+    eprintln!(
+        "the turn ended {:?} after the database stopped",
+        started.elapsed()
+    );
+    seen.extend(rest);
+    let end = &seen.last().unwrap().data;
+    assert_eq!(end["type"], "error", "{seen:?}");
+    assert_eq!(end["code"], "store_unavailable", "{end}");
+    assert!(
+        seen.iter().any(|e| e.data["type"] == "tool_result"),
+        "the turn streamed on during the outage: {seen:?}"
+    );
+
+    cluster.restart().await;
+    let turns = format!("/api/v1/sessions/{id}/turns");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let turn = loop {
+        let (status, body) = bounded("GET the turns", app.server.get(&turns)).await;
+        if status == StatusCode::OK && body["turns"][1]["status"] != "running" {
+            break body["turns"][1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the turn's end was not stored within 30 s of the database's return: {body}\n{}",
+            app.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(turn["status"], "failed", "{turn}");
+    assert_eq!(turn["error_code"], "store_unavailable");
+    // Stored exactly as streamed: same numbers, same events, no gap.
+    let page = expect_json(
+        app.server
+            .get(&format!("/api/v1/sessions/{id}/events?follow=false&limit=1000"))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let stored: Vec<(u64, Value)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["data"].clone()))
+        .collect();
+    let numbers: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    let streamed: Vec<(u64, Value)> = seen
+        .iter()
+        .map(|e| (e.id.as_deref().unwrap().parse().unwrap(), e.data.clone()))
+        .collect();
+    assert_eq!(&stored[stored.len() - streamed.len()..], &streamed[..]);
+    // The session goes on, and the agent remembers the turn before the outage.
+    let answer = app.chat_ok(&id, "recall").await;
+    assert!(
+        answer["text"].as_str().unwrap().contains("before the outage"),
+        "{answer}"
+    );
 }
