@@ -1,12 +1,15 @@
-//! Pure types and rules shared by every layer: session records, agent options, turn events.
+//! Pure types and rules shared by every layer: session records, agent options, turn events, the
+//! principal a request acts as.
 //! No I/O lives here.
 
 pub mod events;
 pub mod options;
+pub mod principal;
 pub mod session;
 
 pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
 };
 pub use options::{AgentOptions, PermissionMode, PluginSpec};
+pub use principal::{Credential, Principal, Role};
 pub use session::{SessionId, SessionRecord};

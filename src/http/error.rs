@@ -259,7 +259,10 @@ fn store_error(store: &StoreError, error: &SessionError) -> ApiError {
         StoreError::Database(_) if store.is_outage() => unavailable,
         // A violated constraint, a bad statement or an undecodable column: our bug or a broken row.
         StoreError::Database(_) => broken,
-        StoreError::Corrupt(_) | StoreError::Duplicate(_) | StoreError::Migrate(_) => broken,
+        StoreError::Corrupt(_)
+        | StoreError::Duplicate(_)
+        | StoreError::Conflict(_)
+        | StoreError::Migrate(_) => broken,
         StoreError::LimitReached(_) => {
             return ApiError::new(S::TOO_MANY_REQUESTS, "session_limit_reached", error.to_string());
         }

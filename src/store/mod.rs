@@ -3,7 +3,9 @@
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
+mod audit;
 mod events;
+mod keys;
 mod memory;
 mod postgres;
 mod rows;
@@ -15,7 +17,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::{SessionId, SessionRecord};
 
+pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use events::{EventStore, StoredEvent, TurnRecord, TurnStatus};
+pub use keys::{ApiKeyRecord, KeyStore};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -30,6 +34,9 @@ pub enum StoreError {
     /// A session with this id already exists.
     #[error("session {0} already exists")]
     Duplicate(SessionId),
+    /// A record with this identity already exists (e.g. an API key's id or hash).
+    #[error("{0} already exists")]
+    Conflict(String),
     /// The database failed or is unreachable.
     #[error("session store error: {0}")]
     Database(#[from] sqlx::Error),
