@@ -82,6 +82,100 @@ pub struct Config {
     pub mcp_servers: Map<String, Value>,
     /// Plugin folders given to every session (`--plugin-dir`).
     pub plugins: Vec<PluginSpec>,
+    /// Who may call: API keys, JWTs, rate limits.
+    pub auth: AuthConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+}
+
+/// Whether requests must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the port acts as any user (the seed's behaviour).
+    None,
+    /// Every request but the public ones needs an API key or a JWT.
+    On,
+}
+
+/// The `auth` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none`, `on`, or unset: `none` while the service binds a loopback address; any other
+    /// address then refuses to start (set `none` explicitly to run open anyway).
+    pub mode: Option<AuthMode>,
+    /// A first admin key (e.g. from `CLAUDE_AGENT_AUTH__ADMIN_KEY` in a container), accepted as
+    /// an admin credential beside the stored keys; redacted when printed.
+    pub admin_key: Option<String>,
+    /// Requests per second each principal may make (0: no limit).
+    pub rate_limit_per_second: u32,
+    /// Requests a principal may make at once above its rate.
+    pub rate_limit_burst: u32,
+    /// JWTs from an identity provider.
+    pub jwt: JwtConfig,
+}
+
+/// The `auth.jwt` section: accepted when one of `jwks_url`, `hs256_secret`, `public_key_pem` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// The required `iss`.
+    pub issuer: String,
+    /// The required `aud`.
+    pub audience: String,
+    /// Where the issuer publishes its keys (RS256/ES256/EdDSA, by `kid`).
+    pub jwks_url: Option<String>,
+    /// A shared secret for HS256 tokens; redacted when printed.
+    pub hs256_secret: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519) for tokens without a JWKS.
+    pub public_key_pem: Option<String>,
+    /// The claim naming the user (must pass the user-id rules).
+    pub user_claim: String,
+    /// A claim that makes the token an admin when it equals (or, for an array, contains)
+    /// `admin_value`.
+    pub admin_claim: Option<String>,
+    /// The value of `admin_claim` that means admin.
+    pub admin_value: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+}
+
+impl JwtConfig {
+    /// Whether JWTs are accepted at all.
+    pub fn enabled(&self) -> bool {
+        self.jwks_url.is_some() || self.hs256_secret.is_some() || self.public_key_pem.is_some()
+    }
+}
+
+/// The `audit` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days audit records are kept (0: forever).
+    pub retention_days: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: None,
+            admin_key: None,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            jwt: JwtConfig {
+                user_claim: "sub".into(),
+                leeway_seconds: 30,
+                ..JwtConfig::default()
+            },
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: 90 }
+    }
 }
 
 /// The `user` section: where workspaces live.
@@ -208,6 +302,8 @@ impl Default for Config {
             defaults: AgentDefaults::default(),
             mcp_servers: Map::new(),
             plugins: Vec::new(),
+            auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -311,7 +407,15 @@ const ENV_PREFIX: &str = "CLAUDE_AGENT_";
 const ALIAS_ENV: &[(&str, &str)] = &[("DATABASE_URL", "session.pg_url")];
 
 /// Keys whose environment value is always text, never parsed as YAML (a URL may hold `#`, `: `...).
-const TEXT_ENV_KEYS: &[&str] = &["session.pg_url"];
+const TEXT_ENV_KEYS: &[&str] = &[
+    "session.pg_url",
+    "auth.admin_key",
+    "auth.jwt.hs256_secret",
+    "auth.jwt.public_key_pem",
+    "auth.jwt.jwks_url",
+    "auth.jwt.issuer",
+    "auth.jwt.audience",
+];
 
 /// How a loaded config may be used; tests and benchmarks may bind port 0.
 #[derive(Debug, Clone, Copy, Default)]
@@ -465,6 +569,12 @@ impl Config {
         if let Some(env) = value["defaults"]["env"].as_object_mut() {
             redact_secret_entries(env);
         }
+        if self.auth.admin_key.is_some() {
+            value["auth"]["admin_key"] = Value::String(REDACTED.into());
+        }
+        if self.auth.jwt.hs256_secret.is_some() {
+            value["auth"]["jwt"]["hs256_secret"] = Value::String(REDACTED.into());
+        }
         if let Some(servers) = value["mcp_servers"].as_object_mut() {
             for server in servers.values_mut() {
                 for field in ["env", "headers"] {
@@ -604,6 +714,71 @@ impl Config {
         if self.session.storage == StorageKind::Postgresql {
             self.validate_postgresql()?;
         }
+        self.validate_auth()
+    }
+
+    /// The `auth` keys: a usable admin key, a complete JWT setup, a rate with a burst.
+    fn validate_auth(&self) -> Result<(), (&'static str, String)> {
+        let auth = &self.auth;
+        if let Some(key) = &auth.admin_key
+            && key.trim().len() < MIN_ADMIN_KEY_CHARS
+        {
+            return Err((
+                "auth.admin_key",
+                format!(
+                    "must be at least {MIN_ADMIN_KEY_CHARS} characters (e.g. the output of \
+                     `openssl rand -hex 32`, or a key from `claude-agent-http keys create --admin`)"
+                ),
+            ));
+        }
+        if auth.rate_limit_per_second > 0 && auth.rate_limit_burst == 0 {
+            return Err((
+                "auth.rate_limit_burst",
+                "must be at least 1 when auth.rate_limit_per_second is set".into(),
+            ));
+        }
+        let jwt = &auth.jwt;
+        if jwt.enabled() {
+            let sources = [
+                jwt.jwks_url.is_some(),
+                jwt.hs256_secret.is_some(),
+                jwt.public_key_pem.is_some(),
+            ];
+            if sources.iter().filter(|set| **set).count() > 1 {
+                return Err((
+                    "auth.jwt",
+                    "set only one of jwks_url, hs256_secret and public_key_pem".into(),
+                ));
+            }
+            if jwt.issuer.trim().is_empty() {
+                return Err(("auth.jwt.issuer", "must be set when JWTs are accepted".into()));
+            }
+            if jwt.audience.trim().is_empty() {
+                return Err(("auth.jwt.audience", "must be set when JWTs are accepted".into()));
+            }
+            if jwt.user_claim.trim().is_empty() {
+                return Err(("auth.jwt.user_claim", "must not be empty".into()));
+            }
+            if let Some(secret) = &jwt.hs256_secret
+                && secret.len() < 32
+            {
+                return Err((
+                    "auth.jwt.hs256_secret",
+                    "must be at least 32 bytes (a shorter HMAC secret can be guessed)".into(),
+                ));
+            }
+            if let Some(url) = &jwt.jwks_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(("auth.jwt.jwks_url", "must be an http(s):// URL".into()));
+            }
+            if jwt.admin_claim.is_some() != jwt.admin_value.is_some() {
+                return Err((
+                    "auth.jwt.admin_claim",
+                    "admin_claim and admin_value go together".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -631,6 +806,9 @@ impl Config {
 }
 
 const REDACTED: &str = "***";
+
+/// The shortest `auth.admin_key` accepted.
+const MIN_ADMIN_KEY_CHARS: usize = 32;
 
 /// Bounds of `api.stream_buffer_events`: each live session preallocates this many slots.
 const MIN_STREAM_BUFFER: u32 = 16;
@@ -802,7 +980,12 @@ fn apply_env(
         } else if let Some((_, key)) = NAMED_ENV.iter().find(|(var, _)| *var == name) {
             key.to_string()
         } else if let Some((section, key)) = name[ENV_PREFIX.len()..].split_once("__") {
-            format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase())
+            // A further `__` names a nested section: CLAUDE_AGENT_AUTH__JWT__ISSUER -> auth.jwt.issuer.
+            format!(
+                "{}.{}",
+                section.to_ascii_lowercase(),
+                key.to_ascii_lowercase().replace("__", ".")
+            )
         } else {
             if !NOT_CONFIG_ENV.contains(&name.as_str()) {
                 ignored.push(name);
@@ -832,7 +1015,7 @@ fn apply_env(
 }
 
 /// The sections whose keys `CLAUDE_AGENT_<SECTION>__<KEY>` sets.
-const SECTIONS: &[&str] = &["user", "session", "api", "defaults"];
+const SECTIONS: &[&str] = &["user", "session", "api", "defaults", "auth", "audit"];
 
 /// Variables with the prefix that are not configuration: the marker every agent process carries
 /// (`agent::tree::SESSION_MARKER`), inherited by a service started from inside a session.

@@ -13,6 +13,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "config",
             "workspace",
             "store",
+            "auth",
             "agent",
             "runtime",
             "sessions",
@@ -25,6 +26,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "workspace",
             "store",
+            "auth",
             "agent",
             "runtime",
             "sessions",
@@ -34,23 +36,25 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "workspace",
-        &["store", "agent", "runtime", "sessions", "http", "app"],
+        &["store", "auth", "agent", "runtime", "sessions", "http", "app"],
     ),
-    ("store", &["agent", "runtime", "sessions", "http", "app"]),
+    ("store", &["auth", "agent", "runtime", "sessions", "http", "app"]),
+    ("auth", &["agent", "runtime", "sessions", "http", "app"]),
     (
         "agent",
         &[
             "config",
             "workspace",
             "store",
+            "auth",
             "runtime",
             "sessions",
             "http",
             "app",
         ],
     ),
-    ("runtime", &["config", "sessions", "http", "app"]),
-    ("sessions", &["config", "agent", "http", "app"]),
+    ("runtime", &["config", "auth", "sessions", "http", "app"]),
+    ("sessions", &["config", "auth", "agent", "http", "app"]),
     ("http", &["agent", "runtime", "app", "store", "workspace"]),
 ];
 
