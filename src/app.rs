@@ -14,10 +14,7 @@ use crate::config::{Config, StorageKind};
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
-use crate::store::{
-    EventStore, Limits, MemoryStore, PostgresSettings, PostgresStore, SessionStore, SqliteStore, StoreError,
-    TranscriptStore,
-};
+use crate::store::{Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -57,24 +54,15 @@ pub struct App {
 impl App {
     /// Opens the store and workspaces and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        type Stores = (
-            Arc<dyn SessionStore>,
-            Arc<dyn EventStore>,
-            Arc<dyn TranscriptStore>,
-        );
-        let (store, events, transcripts): Stores = match config.session.storage {
-            StorageKind::Memory => {
-                let store = Arc::new(MemoryStore::new(config.session.ttl));
-                (store.clone(), store.clone(), store)
-            }
-            StorageKind::Sqlite => {
-                let store = Arc::new(SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?);
-                (store.clone(), store.clone(), store)
-            }
-            StorageKind::Postgresql => {
-                let store = Arc::new(PostgresStore::connect(&postgres_settings(&config)).await?);
-                (store.clone(), store.clone(), store)
-            }
+        // `stores.keys` and `stores.audit` are not wired yet.
+        let stores = match config.session.storage {
+            StorageKind::Memory => Stores::of(Arc::new(MemoryStore::new(config.session.ttl))),
+            StorageKind::Sqlite => Stores::of(Arc::new(
+                SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?,
+            )),
+            StorageKind::Postgresql => Stores::of(Arc::new(
+                PostgresStore::connect(&postgres_settings(&config)).await?,
+            )),
         };
         let base = config.base_dir();
         let workspaces =
@@ -106,21 +94,21 @@ impl App {
             })?;
         let runtime = Arc::new(Runtime::new(
             runtime_settings(&config, Inherited::from_service_environment()),
-            store.clone(),
+            stores.sessions.clone(),
             workspaces.clone(),
             Arc::new(DirectLauncher),
-            events.clone(),
-            transcripts,
+            stores.events.clone(),
+            stores.transcripts.clone(),
         ));
         runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {
             tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
         }
         let sessions = Arc::new(Sessions::new(
-            store,
+            stores.sessions.clone(),
             workspaces,
             runtime.clone(),
-            events,
+            stores.events.clone(),
             Limits {
                 max_total: config.api.max_sessions,
                 max_per_user: config.api.max_sessions_per_user,

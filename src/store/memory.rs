@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 use super::{
-    EventStore, Expiry, LimitScope, Limits, SessionStore, StoreError, StoredEvent, Transcript,
-    TranscriptStore, TurnRecord, TurnStatus,
+    ApiKeyRecord, AuditQuery, AuditRecord, AuditStore, EventStore, Expiry, KeyStore, LimitScope, Limits,
+    SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus,
 };
 use crate::domain::{SessionId, SessionRecord, TurnId};
 
@@ -17,7 +17,18 @@ pub struct MemoryStore {
     records: RwLock<HashMap<SessionId, SessionRecord>>,
     /// Turns and events per session (removed with the session).
     history: RwLock<HashMap<SessionId, History>>,
+    /// API keys, in the order they were stored.
+    keys: RwLock<Vec<ApiKeyRecord>>,
+    /// The audit log (tied to no session).
+    audit: Mutex<AuditLog>,
     expiry: Expiry,
+}
+
+/// The audit log in order, and the number the next record gets (never reused, even when the newest
+/// records are pruned).
+struct AuditLog {
+    records: Vec<AuditRecord>,
+    next_id: i64,
 }
 
 #[derive(Default)]
@@ -33,6 +44,11 @@ impl MemoryStore {
         MemoryStore {
             records: RwLock::new(HashMap::new()),
             history: RwLock::new(HashMap::new()),
+            keys: RwLock::new(Vec::new()),
+            audit: Mutex::new(AuditLog {
+                records: Vec::new(),
+                next_id: 1,
+            }),
             expiry: Expiry::new(ttl_seconds),
         }
     }
@@ -305,5 +321,85 @@ impl TranscriptStore for MemoryStore {
             .await
             .get(&session)
             .and_then(|h| h.transcript.clone()))
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        key.check_storable()?;
+        let mut keys = self.keys.write().await;
+        if keys.iter().any(|k| k.id == key.id) {
+            return Err(StoreError::Conflict(format!("api key {}", key.id)));
+        }
+        if keys.iter().any(|k| k.hash == key.hash) {
+            return Err(StoreError::Conflict("an api key with this hash".into()));
+        }
+        keys.push(key.clone());
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.keys.read().await.iter().find(|k| k.hash == hash).cloned())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut keys = self.keys.read().await.clone();
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let mut keys = self.keys.write().await;
+        Ok(keys.iter_mut().find(|k| k.id == id).map(|key| {
+            key.revoked_at.get_or_insert(at);
+            key.clone()
+        }))
+    }
+
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some(key) = self.keys.write().await.iter_mut().find(|k| k.id == id) {
+            key.last_used_at = Some(key.last_used_at.map_or(at, |last| last.max(at)));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut log = self.audit.lock().await;
+        for record in records {
+            let id = log.next_id;
+            log.next_id += 1;
+            log.records.push(AuditRecord { id, ..record.clone() });
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let log = self.audit.lock().await;
+        let start = log
+            .records
+            .partition_point(|r| query.after_id.is_some_and(|after| r.id <= after));
+        Ok(log.records[start..]
+            .iter()
+            .filter(|r| {
+                query
+                    .user_id
+                    .as_ref()
+                    .is_none_or(|user| r.user_id.as_ref() == Some(user))
+            })
+            .filter(|r| query.since.is_none_or(|since| r.at >= since))
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut log = self.audit.lock().await;
+        let kept = log.records.len();
+        log.records.retain(|r| r.at >= before);
+        Ok((kept - log.records.len()) as u64)
     }
 }

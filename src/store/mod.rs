@@ -1,5 +1,7 @@
 //! Session records at rest: `trait SessionStore` and its backends (memory, SQLite, PostgreSQL). The trait's
-//! specification is the conformance story in `tests/it/store.rs`, run against every backend.
+//! specification is the conformance story in `tests/it/store.rs`, run against every backend. Each
+//! backend also keeps turns and events (`EventStore`), transcripts (`TranscriptStore`), API keys
+//! (`KeyStore`) and the audit log (`AuditStore`); [`Stores`] is one backend seen through all five.
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
@@ -12,6 +14,8 @@ mod rows;
 mod sqlite;
 mod transcripts;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
@@ -19,11 +23,42 @@ use crate::domain::{SessionId, SessionRecord};
 
 pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use events::{EventStore, StoredEvent, TurnRecord, TurnStatus};
-pub use keys::{ApiKeyRecord, KeyStore};
+pub use keys::{ApiKeyRecord, KEY_PREFIX_MAX_CHARS, KeyStore};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use transcripts::{Transcript, TranscriptStore};
+
+/// One backend seen through each of its traits: the one way the service opens its stores.
+#[derive(Clone)]
+pub struct Stores {
+    /// Session records.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Turns and their numbered events.
+    pub events: Arc<dyn EventStore>,
+    /// The CLI's transcripts.
+    pub transcripts: Arc<dyn TranscriptStore>,
+    /// API keys (hashes only).
+    pub keys: Arc<dyn KeyStore>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditStore>,
+}
+
+impl Stores {
+    /// Every store of one backend.
+    pub fn of<T>(store: Arc<T>) -> Stores
+    where
+        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore,
+    {
+        Stores {
+            sessions: store.clone(),
+            events: store.clone(),
+            transcripts: store.clone(),
+            keys: store.clone(),
+            audit: store,
+        }
+    }
+}
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

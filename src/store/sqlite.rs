@@ -1,5 +1,9 @@
 //! The embedded SQLite store (the default): one file in WAL mode, migrations compiled in. The file
-//! and its `-wal`/`-shm` are readable by the service's user only.
+//! and its `-wal`/`-shm` are readable by the service's user only. API keys (`keys.rs`) and the
+//! audit log (`audit.rs`) are in modules of their own.
+
+mod audit;
+mod keys;
 
 use std::fs::{OpenOptions, Permissions};
 use std::io;

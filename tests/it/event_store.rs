@@ -7,55 +7,60 @@ use chrono::{Duration, Utc};
 use claude_agent_http::config::Config;
 use claude_agent_http::domain::{SessionId, SessionRecord, TurnId, TurnUsage};
 use claude_agent_http::store::{
-    EventStore, Limits, MemoryStore, SessionStore, SqliteStore, StoreError, StoredEvent, TranscriptStore,
-    TurnRecord, TurnStatus,
+    Limits, MemoryStore, SqliteStore, StoreError, StoredEvent, Stores, TurnRecord, TurnStatus,
 };
 use serde_json::json;
 
 use crate::support::pg::TestDatabase;
 
-/// One backend, seen through both of its traits.
+/// One backend, seen through each of its traits (`backend.events`, ... through [`Stores`]), and
+/// where it keeps its rows, to look at them at rest.
 pub struct Backend {
-    pub sessions: Arc<dyn SessionStore>,
-    pub events: Arc<dyn EventStore>,
-    pub transcripts: Arc<dyn TranscriptStore>,
-    /// Kept alive for the story (a PostgreSQL database is dropped with it).
-    _database: Option<TestDatabase>,
+    pub stores: Stores,
+    pub at_rest: AtRest,
 }
 
-async fn open_memory(_: std::path::PathBuf) -> Backend {
-    let store = Arc::new(MemoryStore::new(0));
-    Backend {
-        sessions: store.clone(),
-        events: store.clone(),
-        transcripts: store,
-        _database: None,
+/// Where a backend's rows are: kept alive for the story (a PostgreSQL database is dropped with it).
+pub enum AtRest {
+    Memory,
+    /// The SQLite file.
+    Sqlite(std::path::PathBuf),
+    Postgres(TestDatabase),
+}
+
+impl std::ops::Deref for Backend {
+    type Target = Stores;
+
+    fn deref(&self) -> &Stores {
+        &self.stores
     }
 }
 
-async fn open_sqlite(path: std::path::PathBuf) -> Backend {
-    let store = Arc::new(SqliteStore::open(&path, 0).await.unwrap());
+pub async fn open_memory(_: std::path::PathBuf) -> Backend {
     Backend {
-        sessions: store.clone(),
-        events: store.clone(),
-        transcripts: store,
-        _database: None,
+        stores: Stores::of(Arc::new(MemoryStore::new(0))),
+        at_rest: AtRest::Memory,
+    }
+}
+
+pub async fn open_sqlite(path: std::path::PathBuf) -> Backend {
+    Backend {
+        stores: Stores::of(Arc::new(SqliteStore::open(&path, 0).await.unwrap())),
+        at_rest: AtRest::Sqlite(path),
     }
 }
 
 /// A fresh database on the machine's PostgreSQL, dropped after the story.
-async fn open_postgres(_: std::path::PathBuf) -> Backend {
+pub async fn open_postgres(_: std::path::PathBuf) -> Backend {
     let database = TestDatabase::create().await;
-    let store = Arc::new(database.store(0).await);
     Backend {
-        sessions: store.clone(),
-        events: store.clone(),
-        transcripts: store,
-        _database: Some(database),
+        stores: Stores::of(Arc::new(database.store(0).await)),
+        at_rest: AtRest::Postgres(database),
     }
 }
 
-async fn session(backend: &Backend) -> SessionId {
+/// A new session of alice's.
+pub async fn session(backend: &Backend) -> SessionId {
     let now = Utc::now();
     let record = SessionRecord {
         session_id: SessionId::new(),

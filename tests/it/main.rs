@@ -1,10 +1,12 @@
 //! One integration-test binary: stories that start the real server and speak HTTP to it.
 
+mod audit_store;
 mod chat;
 mod config;
 mod event_store;
 mod history;
 mod http_edges;
+mod key_store;
 mod layering;
 mod lifecycle;
 mod options;

@@ -1,14 +1,17 @@
 //! The PostgreSQL store, for several instances sharing one database: a connection pool, migrations
 //! compiled in and run at startup (sqlx holds an advisory lock while migrating, so instances
-//! starting together take turns), the session limits checked under an advisory lock, and turns
-//! and events beside the sessions they belong to.
+//! starting together take turns), the session limits checked under an advisory lock, turns
+//! and events beside the sessions they belong to, and API keys and the audit log (`keys.rs`,
+//! `audit.rs`), which belong to no session.
 //!
 //! An unreachable database is an outage, not a crash: every operation waits at most
 //! [`ACQUIRE_TIMEOUT`] for a connection and then fails with a connection-type `sqlx::Error`
 //! (`PoolTimedOut`, `Io`, ...), which the HTTP layer answers with 503; the pool reconnects by itself
 //! when the database is back.
 
+mod audit;
 mod events;
+mod keys;
 mod rows;
 mod transcripts;
 
@@ -38,6 +41,9 @@ const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// one-key migration lock.
 const LOCK_CLASS: i32 = 0x4341_4748; // "CAGH"
 const LOCK_SESSION_INSERT: i32 = 1;
+/// The advisory lock every audit append holds to its commit, so that audit ids increase in commit
+/// order (see `audit.rs`).
+const LOCK_AUDIT_APPEND: i32 = 2;
 
 /// Where and how to connect.
 #[derive(Clone)]

@@ -9,8 +9,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::super::rows::StoredOptions;
-use super::super::{StoreError, StoredEvent, TurnRecord, TurnStatus};
-use crate::domain::{SessionId, SessionRecord, TurnId, TurnUsage};
+use super::super::{ApiKeyRecord, AuditRecord, StoreError, StoredEvent, TurnRecord, TurnStatus};
+use crate::domain::{Role, SessionId, SessionRecord, TurnId, TurnUsage};
 
 /// The columns of `sessions`, in [`SessionRow`]'s order (a macro so queries stay `&'static str`).
 macro_rules! session_columns {
@@ -30,7 +30,22 @@ macro_rules! turn_columns {
     };
 }
 
-pub(super) use {session_columns, turn_columns};
+/// The columns of `api_keys`, in [`KeyRow`]'s order.
+macro_rules! key_columns {
+    () => {
+        "id, name, role, user_id, hash, prefix, created_at, revoked_at, last_used_at"
+    };
+}
+
+/// The columns of `audit_log`, in [`AuditRow`]'s order.
+macro_rules! audit_columns {
+    () => {
+        "id, at, action, principal, key_id, user_id, session_id, remote_addr, request_id, \
+         detail::text AS detail"
+    };
+}
+
+pub(super) use {audit_columns, key_columns, session_columns, turn_columns};
 
 /// A count as PostgreSQL stores it (`bigint`).
 pub(super) fn to_sql_count(value: u64, what: &str) -> Result<i64, StoreError> {
@@ -251,5 +266,147 @@ impl TryFrom<&[StoredEvent]> for EventColumns {
             columns.ats.push(event.at);
         }
         Ok(columns)
+    }
+}
+
+/// One row of `api_keys`.
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub role: String,
+    pub user_id: Option<String>,
+    pub hash: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiKeyRecord> for KeyRow {
+    fn from(key: &ApiKeyRecord) -> Self {
+        // Destructured so that a new field is a compile error here until it is stored.
+        let ApiKeyRecord {
+            id,
+            name,
+            role,
+            user_id,
+            hash,
+            prefix,
+            created_at,
+            revoked_at,
+            last_used_at,
+        } = key;
+        KeyRow {
+            id: id.clone(),
+            name: name.clone(),
+            role: role.as_str().to_string(),
+            user_id: user_id.clone(),
+            hash: hash.clone(),
+            prefix: prefix.clone(),
+            created_at: *created_at,
+            revoked_at: *revoked_at,
+            last_used_at: *last_used_at,
+        }
+    }
+}
+
+impl TryFrom<KeyRow> for ApiKeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, StoreError> {
+        Ok(ApiKeyRecord {
+            role: Role::parse(&row.role)
+                .ok_or_else(|| StoreError::Corrupt(format!("api key {}: role {:?}", row.id, row.role)))?,
+            id: row.id,
+            name: row.name,
+            user_id: row.user_id,
+            hash: row.hash,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
+            last_used_at: row.last_used_at,
+        })
+    }
+}
+
+/// One row of `audit_log`.
+#[derive(sqlx::FromRow)]
+pub(super) struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub principal: Option<String>,
+    pub key_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub remote_addr: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: String,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+        Ok(AuditRecord {
+            detail: serde_json::from_str(&row.detail)
+                .map_err(|e| StoreError::Corrupt(format!("audit record {}: detail: {e}", row.id)))?,
+            id: row.id,
+            at: row.at,
+            action: row.action,
+            principal: row.principal,
+            key_id: row.key_id,
+            user_id: row.user_id,
+            session_id: row.session_id.map(SessionId),
+            remote_addr: row.remote_addr,
+            request_id: row.request_id,
+        })
+    }
+}
+
+/// A batch of audit records as the columns `UNNEST` spreads into rows: one round trip for any
+/// number.
+#[derive(Default)]
+pub(super) struct AuditColumns {
+    pub ats: Vec<DateTime<Utc>>,
+    pub actions: Vec<String>,
+    pub principals: Vec<Option<String>>,
+    pub key_ids: Vec<Option<String>>,
+    pub user_ids: Vec<Option<String>>,
+    pub session_ids: Vec<Option<Uuid>>,
+    pub remote_addrs: Vec<Option<String>>,
+    pub request_ids: Vec<Option<String>>,
+    pub details: Vec<String>,
+}
+
+impl From<&[AuditRecord]> for AuditColumns {
+    fn from(records: &[AuditRecord]) -> Self {
+        let mut columns = AuditColumns::default();
+        for record in records {
+            // Destructured so that a new field is a compile error here until it is stored.
+            let AuditRecord {
+                id: _, // given by the store
+                at,
+                action,
+                principal,
+                key_id,
+                user_id,
+                session_id,
+                remote_addr,
+                request_id,
+                detail,
+            } = record;
+            columns.ats.push(*at);
+            columns.actions.push(action.clone());
+            columns.principals.push(principal.clone());
+            columns.key_ids.push(key_id.clone());
+            columns.user_ids.push(user_id.clone());
+            columns.session_ids.push(session_id.map(|id| id.0));
+            columns.remote_addrs.push(remote_addr.clone());
+            columns.request_ids.push(request_id.clone());
+            columns.details.push(detail.to_string());
+        }
+        columns
     }
 }
