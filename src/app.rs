@@ -10,7 +10,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::agent::{DirectLauncher, Inherited, cli, tree};
-use crate::config::{Config, StorageKind};
+use crate::auth::{Authenticator, RateLimits};
+use crate::config::{AuthMode, Config, StorageKind};
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
@@ -42,6 +43,9 @@ pub enum StartupError {
         /// Why it cannot be bound.
         source: std::io::Error,
     },
+    /// Authentication is misconfigured, or missing where it is needed.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A built service, bound and ready to serve.
@@ -54,16 +58,7 @@ pub struct App {
 impl App {
     /// Opens the store and workspaces and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        // `stores.keys` and `stores.audit` are not wired yet.
-        let stores = match config.session.storage {
-            StorageKind::Memory => Stores::of(Arc::new(MemoryStore::new(config.session.ttl))),
-            StorageKind::Sqlite => Stores::of(Arc::new(
-                SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?,
-            )),
-            StorageKind::Postgresql => Stores::of(Arc::new(
-                PostgresStore::connect(&postgres_settings(&config)).await?,
-            )),
-        };
+        let stores = open_stores(&config).await?;
         let base = config.base_dir();
         let workspaces =
             Workspaces::new(&config.data_dir, &base, config.user.auto_create_dir).map_err(|source| {
@@ -92,6 +87,7 @@ impl App {
                 addr: addr.clone(),
                 source,
             })?;
+        let mode = auth_mode(&config, &listener)?;
         let runtime = Arc::new(Runtime::new(
             runtime_settings(&config, Inherited::from_service_environment()),
             stores.sessions.clone(),
@@ -124,7 +120,18 @@ impl App {
         }
         find_cli(&config, runtime.clone());
         tokio::spawn(runtime.watch());
+        let auth = Arc::new(
+            Authenticator::new(&config.auth, mode, stores.keys.clone())
+                .map_err(|e| StartupError::Auth(e.to_string()))?,
+        );
+        let rate = Arc::new(RateLimits::new(
+            config.auth.rate_limit_per_second,
+            config.auth.rate_limit_burst,
+        ));
+        spawn_rate_table_cleaner(rate.clone());
         let state = AppState {
+            auth,
+            rate,
             sessions: sessions.clone(),
             started: Instant::now(),
             storage_type: config.session.storage.as_str(),
@@ -134,11 +141,11 @@ impl App {
         let bound = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        if !bound.ip().is_loopback() {
+        if !bound.ip().is_loopback() && mode == AuthMode::None {
             tracing::warn!(
                 listen = %bound,
                 "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach \
-                 this port can run agents as any user. Bind 127.0.0.1 or put an authenticating proxy in front."
+                 this port can run agents as any user. Set auth.mode: on, or bind 127.0.0.1."
             );
         }
         spawn_purger(sessions.clone(), config.session.ttl);
@@ -233,6 +240,68 @@ fn log_missing_features(version: Option<&str>) {
     if !missing.is_empty() {
         tracing::warn!(cli.version = version.unwrap_or("unknown"), missing = %missing.join("; "), "this Claude Code CLI lacks features the service uses when available");
     }
+}
+
+/// Opens every store of the configured backend (running its migrations).
+pub async fn open_stores(config: &Config) -> Result<Stores, StartupError> {
+    Ok(match config.session.storage {
+        StorageKind::Memory => Stores::of(Arc::new(MemoryStore::new(config.session.ttl))),
+        StorageKind::Sqlite => Stores::of(Arc::new(
+            SqliteStore::open(&config.sqlite_path(), config.session.ttl).await?,
+        )),
+        StorageKind::Postgresql => Stores::of(Arc::new(
+            PostgresStore::connect(&postgres_settings(config)).await?,
+        )),
+    })
+}
+
+/// Key management on the configured store, for `claude-agent-http keys` (works while a server
+/// runs on the same store).
+pub async fn key_admin(config: &Config) -> Result<Authenticator, StartupError> {
+    if config.session.storage == StorageKind::Memory {
+        return Err(StartupError::Auth(
+            "session.storage is memory: keys would vanish with this command; use sqlite or postgresql \
+             (or auth.admin_key for a key from the environment)"
+                .into(),
+        ));
+    }
+    let stores = open_stores(config).await?;
+    Authenticator::new(&config.auth, AuthMode::On, stores.keys).map_err(|e| StartupError::Auth(e.to_string()))
+}
+
+/// The authentication mode in force: as configured, or (unset) none on a loopback address. A
+/// service reachable from elsewhere does not start open by default.
+fn auth_mode(config: &Config, listener: &TcpListener) -> Result<AuthMode, StartupError> {
+    if let Some(mode) = config.auth.mode {
+        if mode == AuthMode::On && config.auth.admin_key.is_none() && !config.auth.jwt.enabled() {
+            tracing::info!(
+                "authentication is on: create a first admin key with `claude-agent-http keys create --admin` \
+                 (or set CLAUDE_AGENT_AUTH__ADMIN_KEY)"
+            );
+        }
+        return Ok(mode);
+    }
+    let loopback = listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback());
+    if loopback {
+        return Ok(AuthMode::None);
+    }
+    Err(StartupError::Auth(format!(
+        "api.host {} is reachable from other machines and authentication is off: set auth.mode: on \
+         (CLAUDE_AGENT_AUTH__MODE=on) and create a key with `claude-agent-http keys create --admin` \
+         (or set CLAUDE_AGENT_AUTH__ADMIN_KEY), or set auth.mode: none to serve without authentication anyway",
+        config.api.host
+    )))
+}
+
+/// Forgets idle principals of the rate limiter every minute.
+fn spawn_rate_table_cleaner(rate: Arc<RateLimits>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            rate.forget_idle();
+        }
+    });
 }
 
 /// Where the PostgreSQL store connects, from the configuration.

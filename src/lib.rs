@@ -14,4 +14,5 @@ pub mod http;
 pub mod runtime;
 pub mod sessions;
 pub mod store;
+pub mod tls;
 pub mod workspace;

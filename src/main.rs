@@ -37,9 +37,50 @@ enum Command {
     PrintConfig,
     /// Exit 0 when `GET /health` on the configured address answers healthy.
     Healthcheck,
+    /// Manage API keys in the configured store (also while the server runs).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print it (it is shown this once).
+    Create {
+        /// A user key, acting as this user only.
+        #[arg(
+            long,
+            value_name = "USER_ID",
+            conflicts_with = "admin",
+            required_unless_present = "admin"
+        )]
+        user: Option<String>,
+        /// An admin key, acting for every user.
+        #[arg(long)]
+        admin: bool,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the key and its record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id: it stops working at once, on every instance sharing the store.
+    Revoke {
+        /// The key's id (`key_...`, as `keys list` shows).
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
+    claude_agent_http::tls::install_crypto_provider();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { port_file: None });
     let options = LoadOptions {
@@ -67,6 +108,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck => healthcheck(&config),
+        Command::Keys { action } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(keys(config, action))
+        }
         Command::Serve { port_file } => {
             init_logging(cli.log_json);
             for warning in &warnings {
@@ -124,6 +172,100 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         }
         tracing::info!("shutdown signal received");
     }
+}
+
+/// `keys create | list | revoke`, on the configured store.
+async fn keys(config: Config, action: KeysAction) -> ExitCode {
+    use claude_agent_http::domain::Role;
+    let auth = match claude_agent_http::app::key_admin(&config).await {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("claude-agent-http: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match action {
+        KeysAction::Create {
+            user,
+            admin,
+            name,
+            json,
+        } => {
+            let role = if admin { Role::Admin } else { Role::User };
+            auth.create_key(role, user.as_deref(), name)
+                .await
+                .map(|(record, key)| {
+                    if json {
+                        let mut value = key_json(&record);
+                        value["key"] = serde_json::Value::String(key);
+                        println!("{value}");
+                    } else {
+                        println!("{key}");
+                        eprintln!(
+                            "created {} ({} key{}): store it now, it is not shown again",
+                            record.id,
+                            record.role.as_str(),
+                            record
+                                .user_id
+                                .as_deref()
+                                .map(|u| format!(" for {u}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                })
+        }
+        KeysAction::List { json } => auth.list_keys().await.map(|keys| {
+            if json {
+                let list: Vec<_> = keys.iter().map(key_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+                return;
+            }
+            println!(
+                "{:<22} {:<6} {:<16} {:<13} {:<21} {:<10} NAME",
+                "ID", "ROLE", "USER", "PREFIX", "CREATED", "STATE"
+            );
+            for key in keys {
+                println!(
+                    "{:<22} {:<6} {:<16} {:<13} {:<21} {:<10} {}",
+                    key.id,
+                    key.role.as_str(),
+                    key.user_id.as_deref().unwrap_or("-"),
+                    key.prefix,
+                    key.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    if key.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    key.name.as_deref().unwrap_or("")
+                );
+            }
+        }),
+        KeysAction::Revoke { id } => auth.revoke_key(&id).await.map(|key| {
+            eprintln!("revoked {}", key.id);
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claude-agent-http: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A key's record as JSON (never the key).
+fn key_json(key: &claude_agent_http::auth::ApiKeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id,
+        "name": key.name,
+        "role": key.role.as_str(),
+        "user_id": key.user_id,
+        "prefix": key.prefix,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
+    })
 }
 
 fn healthcheck(config: &Config) -> ExitCode {

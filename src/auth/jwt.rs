@@ -77,8 +77,7 @@ impl JwtVerifier {
                 ));
             }
         } else if let Some(url) = &config.jwks_url {
-            // reqwest's TLS is built without a default crypto provider: use the one sqlx uses.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::tls::install_crypto_provider();
             let client = reqwest::Client::builder()
                 .timeout(JWKS_TIMEOUT)
                 .build()

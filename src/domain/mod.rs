@@ -11,5 +11,5 @@ pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
 };
 pub use options::{AgentOptions, PermissionMode, PluginSpec};
-pub use principal::{Credential, Principal, Role};
+pub use principal::{Caller, Credential, Principal, Role};
 pub use session::{SessionId, SessionRecord};

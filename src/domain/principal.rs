@@ -114,6 +114,28 @@ impl Principal {
     }
 }
 
+/// One request's caller: its principal and where the request came from (for audit records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Who it is.
+    pub principal: Principal,
+    /// The client's address.
+    pub remote_addr: Option<String>,
+    /// The request's id (`x-request-id`).
+    pub request_id: Option<String>,
+}
+
+impl Caller {
+    /// A caller with no request behind it (the service itself, tests): may act for anyone.
+    pub fn internal() -> Caller {
+        Caller {
+            principal: Principal::anonymous(),
+            remote_addr: None,
+            request_id: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::sessions::parse_id;
-use crate::domain::{SessionEvent, TurnErrorCode, TurnEvent, TurnId, TurnOutcome};
+use crate::domain::{Caller, SessionEvent, TurnErrorCode, TurnEvent, TurnId, TurnOutcome};
 
 /// A message for a session's agent.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -76,12 +76,16 @@ fn validate(request: &ChatRequest) -> Result<Option<Duration>, ApiError> {
         (status = 504, description = "turn_timeout", body = ErrorBody)))]
 pub async fn chat(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Json<ChatResponse>, ApiError> {
     let Json(request) = body?;
     let timeout = validate(&request)?;
     let id = parse_id(&request.session_id)?;
-    let ticket = state.sessions.start_turn(id, request.message, timeout).await?;
+    let ticket = state
+        .sessions
+        .start_turn(&caller, id, request.message, timeout)
+        .await?;
     // Nobody reads the token stream of a synchronous chat.
     drop(ticket.events);
     let terminal = ticket.done.await.map_err(|_| {
@@ -119,12 +123,16 @@ pub async fn chat(
         (status = 409, description = "session_busy", body = ErrorBody)))]
 pub async fn chat_stream(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let timeout = validate(&request)?;
     let id = parse_id(&request.session_id)?;
-    let ticket = state.sessions.start_turn(id, request.message, timeout).await?;
+    let ticket = state
+        .sessions
+        .start_turn(&caller, id, request.message, timeout)
+        .await?;
     let reader = TurnReader {
         events: ticket.events,
         turn: ticket.turn,

@@ -41,6 +41,8 @@ pub struct ApiError {
     detail: String,
     /// 5xx only: the internal cause, for the log.
     cause: Option<String>,
+    /// Headers the error's status needs (`WWW-Authenticate` on a 401, `Retry-After` on a 429).
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -55,6 +57,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             cause: None,
+            headers: Vec::new(),
         }
     }
 
@@ -65,7 +68,63 @@ impl ApiError {
             code,
             detail: what.to_string(),
             cause: Some(cause),
+            headers: Vec::new(),
         }
+    }
+
+    /// 401 `unauthorized`: the same answer whatever was wrong with the credential (missing,
+    /// malformed, unknown, revoked, expired), with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized() -> Self {
+        let mut error = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid credential is required: Authorization: Bearer <API key or JWT> (or X-API-Key)",
+        );
+        error
+            .headers
+            .push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        error
+    }
+
+    /// 403 `forbidden`: the credential is valid but may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` in whole seconds (at least 1).
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "Too many requests from this credential; retry in {} s",
+                seconds.max(1)
+            ),
+        );
+        error
+            .headers
+            .push((header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
+        error
+    }
+
+    /// 429 `too_many_turns`: the user runs as many turns at once as allowed.
+    pub fn too_many_turns(detail: impl Into<String>) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_turns", detail);
+        error
+            .headers
+            .push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        error
+    }
+
+    /// 500 for a failure of our own making; `cause` is logged.
+    pub fn internal(cause: impl Into<String>) -> Self {
+        Self::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            what_failed("internal_error"),
+            cause.into(),
+        )
     }
 
     /// 422 `invalid_request`: what is wrong with the input.
@@ -155,6 +214,7 @@ impl ApiError {
             code: code.as_str(),
             detail: message.clone(),
             cause: status.is_server_error().then_some(message),
+            headers: Vec::new(),
         }
     }
 
@@ -217,6 +277,9 @@ impl ApiError {
         };
         let (mut parts, _) = response.into_parts();
         parts.status = self.status;
+        for (name, value) in self.headers {
+            parts.headers.insert(name, value);
+        }
         parts.headers.remove(header::CONTENT_LENGTH);
         parts
             .headers
@@ -294,6 +357,8 @@ impl From<SessionError> for ApiError {
             SessionError::NoCapacity(_) => (S::SERVICE_UNAVAILABLE, "agent_capacity_reached"),
             SessionError::AgentUnavailable(_) => (S::SERVICE_UNAVAILABLE, "agent_unavailable"),
             SessionError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "service_shutting_down"),
+            SessionError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+            SessionError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
             SessionError::Store(store) => return store_error(store, &error),
         };
         ApiError::new(status, code, error.to_string())

@@ -2,19 +2,28 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
 use crate::sessions::CliState;
 
-/// Service health, in the seed's shape.
+/// Service health, in the seed's shape. With authentication on, only an admin credential sees
+/// more than `status` and `version`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
     /// `healthy`, or `unhealthy` when the store does not answer.
     pub status: &'static str,
     /// The service's version.
     pub version: &'static str,
+    /// The rest, for admins (everyone while authentication is off).
+    #[serde(flatten)]
+    pub details: Option<HealthDetails>,
+}
+
+/// What `/health` tells an admin beyond liveness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthDetails {
     /// Stored, unexpired sessions.
     pub active_sessions: u64,
     /// Sessions with a live agent process.
@@ -63,7 +72,7 @@ impl From<CliState> for AgentCliHealth {
 /// Health of the service and its store.
 #[utoipa::path(get, path = "/health", tag = "service",
     responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, Json<HealthResponse>) {
     let (healthy, active_sessions) = match state.sessions.ping().await {
         Ok(()) => (true, state.sessions.count().await.unwrap_or_default()),
         Err(e) => {
@@ -71,10 +80,29 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             (false, 0)
         }
     };
-    let memory = state.sessions.runtime().memory_bytes().await;
-    let body = HealthResponse {
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let admin = match super::auth::presented_credential(&headers) {
+        Ok(credential) if state.auth.required() && credential.is_some() => state
+            .auth
+            .authenticate(credential)
+            .await
+            .is_ok_and(|principal| principal.is_admin()),
+        Ok(_) | Err(_) => !state.auth.required(),
+    };
+    let mut body = HealthResponse {
         status: if healthy { "healthy" } else { "unhealthy" },
         version: env!("CARGO_PKG_VERSION"),
+        details: None,
+    };
+    if !admin {
+        return (status, Json(body));
+    }
+    let memory = state.sessions.runtime().memory_bytes().await;
+    body.details = Some(HealthDetails {
         active_sessions,
         in_memory_clients: state.live_agents(),
         memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
@@ -88,12 +116,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             },
             ..state.sessions.runtime().cli_state().into()
         },
-    };
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    });
     (status, Json(body))
 }
 

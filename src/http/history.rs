@@ -22,7 +22,7 @@ use super::AppState;
 use super::chat::sse_event;
 use super::error::ApiError;
 use super::sessions::{SessionIdPath, parse_id};
-use crate::domain::{SessionEvent, TurnErrorCode, TurnId, TurnUsage};
+use crate::domain::{Caller, SessionEvent, TurnErrorCode, TurnId, TurnUsage};
 use crate::sessions::{StoredEvent, TurnRecord, Watch};
 
 /// Stored events read per page while catching up.
@@ -94,6 +94,7 @@ fn start_position(query: &EventsQuery, headers: &HeaderMap) -> Result<u64, ApiEr
         (status = 404, description = "session_not_found", body = super::error::ErrorBody)))]
 pub async fn session_events(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -105,7 +106,7 @@ pub async fn session_events(
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::invalid("limit must be between 1 and 1000"));
         }
-        let events = state.sessions.events_after(id, after, limit).await?;
+        let events = state.sessions.events_after(&caller, id, after, limit).await?;
         let next_after = events.last().map(|e| e.seq).unwrap_or(after);
         return Ok(Json(EventPage {
             events: events.into_iter().map(entry).collect(),
@@ -114,7 +115,7 @@ pub async fn session_events(
         })
         .into_response());
     }
-    let watch = state.sessions.watch(id).await?;
+    let watch = state.sessions.watch(&caller, id).await?;
     let watcher = Watcher {
         watch,
         last_sent: after,
@@ -321,13 +322,14 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     responses((status = 200, body = TurnsResponse), (status = 404, description = "session_not_found", body = super::error::ErrorBody)))]
 pub async fn list_turns(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
     query: Result<Query<TurnsQuery>, QueryRejection>,
 ) -> Result<Json<TurnsResponse>, ApiError> {
     let Query(query) = query?;
     let turns = state
         .sessions
-        .turns(id, query.before, page_limit(query.limit)?)
+        .turns(&caller, id, query.before, page_limit(query.limit)?)
         .await?;
     Ok(Json(TurnsResponse {
         turns: turns.into_iter().map(TurnResponse::from).collect(),
@@ -340,13 +342,14 @@ pub async fn list_turns(
     responses((status = 200, body = TurnResponse), (status = 404, description = "session_not_found or turn_not_found", body = super::error::ErrorBody)))]
 pub async fn get_turn(
     State(state): State<AppState>,
+    caller: Caller,
     Path((session, turn)): Path<(String, String)>,
 ) -> Result<Json<TurnResponse>, ApiError> {
     let id = parse_id(&session)?;
     let turn = uuid::Uuid::parse_str(&turn)
         .map(TurnId)
         .map_err(|_| ApiError::from(crate::sessions::SessionError::TurnNotFound(turn.clone())))?;
-    Ok(Json(state.sessions.turn(id, turn).await?.into()))
+    Ok(Json(state.sessions.turn(&caller, id, turn).await?.into()))
 }
 
 /// One exchange of the conversation: what the user said and what the assistant answered.
@@ -379,13 +382,14 @@ pub struct MessagesResponse {
     responses((status = 200, body = MessagesResponse), (status = 404, description = "session_not_found", body = super::error::ErrorBody)))]
 pub async fn list_messages(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
     query: Result<Query<TurnsQuery>, QueryRejection>,
 ) -> Result<Json<MessagesResponse>, ApiError> {
     let Query(query) = query?;
     let turns = state
         .sessions
-        .turns(id, query.before, page_limit(query.limit)?)
+        .turns(&caller, id, query.before, page_limit(query.limit)?)
         .await?;
     let messages = turns
         .into_iter()

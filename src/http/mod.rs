@@ -2,6 +2,8 @@
 //! mapping, the OpenAPI document and the middleware stack. Handlers call `sessions` and nothing
 //! below it.
 
+pub mod admin;
+pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod health;
@@ -16,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -24,6 +26,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::{Authenticator, RateLimits};
 use crate::config::Config;
 use crate::sessions::Sessions;
 use error::ApiError;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub storage_type: &'static str,
     /// Interval of SSE keep-alive comments.
     pub keepalive: Duration,
+    /// Who is calling.
+    pub auth: Arc<Authenticator>,
+    /// Requests per second per user principal.
+    pub rate: Arc<RateLimits>,
 }
 
 impl AppState {
@@ -59,13 +66,39 @@ impl AppState {
         chat::chat, chat::chat_stream,
         history::session_events, history::list_turns, history::get_turn, history::list_messages,
         health::livez, health::readyz,
+        admin::create_key, admin::list_keys, admin::revoke_key,
     ),
+    components(schemas(health::HealthDetails)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags((name = "sessions", description = "Create, inspect, resume and delete sessions"),
          (name = "chat", description = "Talk to a session's agent, whole or streamed"),
          (name = "history", description = "A session's events (replayable), turns and conversation"),
-         (name = "service", description = "Health and service information")),
+         (name = "service", description = "Health and service information"),
+         (name = "admin", description = "API keys (admin credentials only)")),
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer credential (an API key or a JWT) in the OpenAPI document.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (cah_...) or a JWT; needed when auth.mode is on. X-API-Key works too.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -112,6 +145,13 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/api/v1/chat", post(chat::chat))
         .route("/api/v1/chat/stream", post(chat::chat_stream))
+        .route(
+            "/api/v1/admin/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route("/api/v1/admin/keys/{key_id}", delete(admin::revoke_key))
+        // Every route above needs a caller; the public ones below do not.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

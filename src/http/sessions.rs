@@ -11,14 +11,15 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::domain::{SessionId, SessionRecord};
+use crate::domain::{Caller, SessionId, SessionRecord};
 use crate::sessions::NewSession;
 
 /// `POST /api/v1/sessions` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSessionRequest {
-    /// 1 to 64 characters of `[A-Za-z0-9_-]`.
-    pub user_id: String,
+    /// 1 to 64 characters of `[A-Za-z0-9_-]`. A user credential may leave it out (it is then the
+    /// credential's user) or must name its own user; an admin (or an open service) must give it.
+    pub user_id: Option<String>,
     /// A relative folder inside the user's directory; omitted means the user's root.
     pub subdir: Option<String>,
     /// Your own data, returned as given.
@@ -127,16 +128,20 @@ impl utoipa::IntoParams for SessionIdPath {
         (status = 429, description = "session_limit_reached", body = ErrorBody)))]
 pub async fn create_session(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<CreateSessionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
     let Json(body) = body?;
     let record = state
         .sessions
-        .create(NewSession {
-            user_id: body.user_id,
-            subdir: body.subdir,
-            metadata: body.metadata.unwrap_or_default(),
-        })
+        .create(
+            &caller,
+            NewSession {
+                user_id: body.user_id,
+                subdir: body.subdir,
+                metadata: body.metadata.unwrap_or_default(),
+            },
+        )
         .await?;
     tracing::info!(session.id = %record.session_id, user.id = %record.user_id, "session created");
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -147,10 +152,11 @@ pub async fn create_session(
     responses((status = 200, body = Vec<String>), (status = 422, body = ErrorBody)))]
 pub async fn list_sessions(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let Query(query) = query?;
-    let records = state.sessions.list(query.user_id.as_deref()).await?;
+    let records = state.sessions.list(&caller, query.user_id.as_deref()).await?;
     Ok(Json(
         records.into_iter().map(|r| r.session_id.to_string()).collect(),
     ))
@@ -161,9 +167,10 @@ pub async fn list_sessions(
     responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
 pub async fn get_session(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    Ok(Json(state.sessions.get(id).await?.into()))
+    Ok(Json(state.sessions.get(&caller, id).await?.into()))
 }
 
 /// Resume a session: marks it active again.
@@ -171,9 +178,10 @@ pub async fn get_session(
     responses((status = 200, body = SessionResponse), (status = 404, body = ErrorBody)))]
 pub async fn resume_session(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    Ok(Json(state.sessions.resume(id).await?.into()))
+    Ok(Json(state.sessions.resume(&caller, id).await?.into()))
 }
 
 /// Delete a session for good (it can never be resumed).
@@ -181,9 +189,10 @@ pub async fn resume_session(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_session(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
 ) -> Result<StatusCode, ApiError> {
-    state.sessions.delete(id).await?;
+    state.sessions.delete(&caller, id).await?;
     tracing::info!(session.id = %id, "session deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -202,9 +211,10 @@ pub struct InterruptResponse {
     responses((status = 200, body = InterruptResponse), (status = 404, body = ErrorBody)))]
 pub async fn interrupt_session(
     State(state): State<AppState>,
+    caller: Caller,
     SessionIdPath(id): SessionIdPath,
 ) -> Result<Json<InterruptResponse>, ApiError> {
-    let interrupted = state.sessions.interrupt(id).await?;
+    let interrupted = state.sessions.interrupt(&caller, id).await?;
     Ok(Json(InterruptResponse {
         session_id: id.to_string(),
         interrupted,

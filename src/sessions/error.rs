@@ -30,6 +30,12 @@ pub enum SessionError {
     /// The service is shutting down.
     #[error("The service is shutting down")]
     ShuttingDown,
+    /// The caller may not act for this user.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request lacks something it needs.
+    #[error("{0}")]
+    Invalid(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

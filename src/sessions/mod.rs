@@ -1,6 +1,7 @@
 //! The service layer handlers call: create, read, list, resume and delete sessions. It owns the
-//! rules that span the store and the workspaces (limits, leaving nothing behind on a rejection).
-//! It must not know about HTTP.
+//! rules that span the store and the workspaces (limits, leaving nothing behind on a rejection)
+//! and scoping: every session is looked up through [`Sessions::get`] with the caller, which answers
+//! another user's session exactly as an unknown one. It must not know about HTTP.
 
 mod error;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentOptions, SessionEvent, SessionId, SessionRecord, TurnId};
+use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{EventStore, Limits, SessionStore, StoreError};
 use crate::workspace::Workspaces;
@@ -32,8 +33,8 @@ pub struct Watch {
 /// What a client asks for when creating a session.
 #[derive(Debug, Clone, Default)]
 pub struct NewSession {
-    /// Whose session.
-    pub user_id: String,
+    /// Whose session: the caller's own when left out (required from an admin).
+    pub user_id: Option<String>,
     /// A subdirectory of the user's directory.
     pub subdir: Option<String>,
     /// The client's own data.
@@ -70,18 +71,33 @@ impl Sessions {
         }
     }
 
+    /// The user a caller acts for: `requested`, which a user principal may leave out (then it is
+    /// itself) or must name itself with; an admin must name one.
+    fn acting_for(&self, caller: &Caller, requested: Option<&str>) -> Result<String, SessionError> {
+        let principal = &caller.principal;
+        match (requested, principal.user_id.as_deref()) {
+            (Some(user), _) if principal.may_act_for(user) => Ok(user.to_string()),
+            (Some(user), _) => Err(SessionError::Forbidden(format!(
+                "this credential acts as another user and may not act for user_id {user:?}"
+            ))),
+            (None, Some(own)) if !principal.is_admin() => Ok(own.to_string()),
+            (None, _) => Err(SessionError::Invalid("user_id is required".into())),
+        }
+    }
+
     /// Creates a session: validates names, checks limits, creates the workspace. No process starts.
-    pub async fn create(&self, request: NewSession) -> Result<SessionRecord, SessionError> {
+    pub async fn create(&self, caller: &Caller, request: NewSession) -> Result<SessionRecord, SessionError> {
+        let user_id = self.acting_for(caller, request.user_id.as_deref())?;
         // `"p/"` is the same directory as `"p"`, and is stored as `"p"`.
         let subdir = request.subdir.as_deref().map(crate::workspace::normalize_subdir);
         // Reject bad names and planted links before anything is written.
-        self.workspaces.check(&request.user_id, subdir)?;
+        self.workspaces.check(&user_id, subdir)?;
         let now = Utc::now();
         let mut record = SessionRecord {
             session_id: SessionId::new(),
-            user_id: request.user_id.clone(),
+            user_id: user_id.clone(),
             subdir: subdir.map(str::to_owned),
-            cwd: self.workspaces.path_of(&request.user_id, subdir),
+            cwd: self.workspaces.path_of(&user_id, subdir),
             options: self.defaults.clone(),
             created_at: now,
             last_active_at: now,
@@ -95,7 +111,7 @@ impl Sessions {
                 StoreError::LimitReached(scope) => SessionError::LimitReached(scope),
                 other => SessionError::Store(other),
             })?;
-        match self.workspaces.resolve(&request.user_id, subdir) {
+        match self.workspaces.resolve(&user_id, subdir) {
             Ok(cwd) => record.cwd = cwd,
             Err(e) => {
                 self.store.delete(record.session_id).await?;
@@ -107,35 +123,49 @@ impl Sessions {
         Ok(record)
     }
 
-    /// The session, or `NotFound` if unknown or expired.
-    pub async fn get(&self, id: SessionId) -> Result<SessionRecord, SessionError> {
+    /// The session, if the caller may reach it: `NotFound` when unknown, expired, or another
+    /// user's (the same answer, so an id reveals nothing). The one lookup every operation on a
+    /// session goes through.
+    pub async fn get(&self, caller: &Caller, id: SessionId) -> Result<SessionRecord, SessionError> {
         self.store
             .get(id)
             .await?
+            .filter(|record| caller.principal.may_act_for(&record.user_id))
             .ok_or(SessionError::NotFound(id.to_string()))
     }
 
-    /// Sessions, oldest first: one user's, or everyone's (as the seed's API allowed).
-    pub async fn list(&self, user_id: Option<&str>) -> Result<Vec<SessionRecord>, SessionError> {
-        if let Some(user_id) = user_id {
+    /// Sessions, oldest first: one user's, or (for an admin, as the seed's API allowed) everyone's.
+    /// A user principal lists its own; naming another user is `Forbidden`.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        user_id: Option<&str>,
+    ) -> Result<Vec<SessionRecord>, SessionError> {
+        let user_id = match user_id {
+            None if caller.principal.is_admin() => None,
+            requested => Some(self.acting_for(caller, requested)?),
+        };
+        if let Some(user_id) = &user_id {
             crate::workspace::check_user_id(user_id)?;
         }
-        Ok(self.store.list(user_id).await?)
+        Ok(self.store.list(user_id.as_deref()).await?)
     }
 
     /// Marks the session active again, starts its agent process in the background if none is
     /// live (making room if needed), and returns it.
-    pub async fn resume(&self, id: SessionId) -> Result<SessionRecord, SessionError> {
+    pub async fn resume(&self, caller: &Caller, id: SessionId) -> Result<SessionRecord, SessionError> {
+        self.get(caller, id).await?;
         if !self.store.touch(id, Utc::now(), 0).await? {
             return Err(SessionError::NotFound(id.to_string()));
         }
-        let record = self.get(id).await?;
+        let record = self.get(caller, id).await?;
         self.runtime.warm(&record, true).await;
         Ok(record)
     }
 
     /// Deletes the session for good: its record, its process and everything the CLI kept about it.
-    pub async fn delete(&self, id: SessionId) -> Result<(), SessionError> {
+    pub async fn delete(&self, caller: &Caller, id: SessionId) -> Result<(), SessionError> {
+        self.get(caller, id).await?;
         let Some(record) = self.store.delete(id).await? else {
             return Err(SessionError::NotFound(id.to_string()));
         };
@@ -156,11 +186,12 @@ impl Sessions {
     /// anything starts) an unknown session or one already running a turn.
     pub async fn start_turn(
         &self,
+        caller: &Caller,
         id: SessionId,
         message: String,
         timeout: Option<Duration>,
     ) -> Result<TurnTicket, SessionError> {
-        let record = self.get(id).await?;
+        let record = self.get(caller, id).await?;
         self.runtime
             .send(&record, message, timeout)
             .await
@@ -173,26 +204,27 @@ impl Sessions {
     }
 
     /// Stops the session's running turn; false if none was running.
-    pub async fn interrupt(&self, id: SessionId) -> Result<bool, SessionError> {
-        self.get(id).await?;
+    pub async fn interrupt(&self, caller: &Caller, id: SessionId) -> Result<bool, SessionError> {
+        self.get(caller, id).await?;
         Ok(self.runtime.interrupt(id).await)
     }
 
     /// The session's stored events numbered after `after`, at most `limit`.
     pub async fn events_after(
         &self,
+        caller: &Caller,
         id: SessionId,
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, SessionError> {
-        self.get(id).await?;
+        self.get(caller, id).await?;
         Ok(self.events.events_after(id, after, limit).await?)
     }
 
     /// Watches a session: a live reader (subscribed first, so nothing published from now on is
     /// missed) and the store for what came before.
-    pub async fn watch(&self, id: SessionId) -> Result<Watch, SessionError> {
-        let record = self.get(id).await?;
+    pub async fn watch(&self, caller: &Caller, id: SessionId) -> Result<Watch, SessionError> {
+        let record = self.get(caller, id).await?;
         let live = self
             .runtime
             .subscribe(&record)
@@ -208,17 +240,23 @@ impl Sessions {
     /// The session's turns, oldest first: the newest `limit` started before `before`.
     pub async fn turns(
         &self,
+        caller: &Caller,
         id: SessionId,
         before: Option<chrono::DateTime<Utc>>,
         limit: u32,
     ) -> Result<Vec<TurnRecord>, SessionError> {
-        self.get(id).await?;
+        self.get(caller, id).await?;
         Ok(self.events.turns(id, before, limit).await?)
     }
 
     /// One turn of the session.
-    pub async fn turn(&self, id: SessionId, turn: TurnId) -> Result<TurnRecord, SessionError> {
-        self.get(id).await?;
+    pub async fn turn(
+        &self,
+        caller: &Caller,
+        id: SessionId,
+        turn: TurnId,
+    ) -> Result<TurnRecord, SessionError> {
+        self.get(caller, id).await?;
         self.events
             .turn(id, turn)
             .await?

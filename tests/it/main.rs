@@ -1,6 +1,7 @@
 //! One integration-test binary: stories that start the real server and speak HTTP to it.
 
 mod audit_store;
+mod auth;
 mod chat;
 mod config;
 mod event_store;

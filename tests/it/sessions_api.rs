@@ -332,21 +332,6 @@ async fn every_response_carries_a_request_id() {
 }
 
 #[tokio::test]
-async fn a_non_loopback_address_is_served_with_a_loud_warning() {
-    let server = TestServer::start("api:\n  host: 0.0.0.0\n").await;
-    expect_json(server.get("/health").await, StatusCode::OK).await;
-    assert!(
-        server
-            .log()
-            .contains("NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION"),
-        "{}",
-        server.log()
-    );
-    let quiet = TestServer::start("").await;
-    assert!(!quiet.log().contains("NON-LOOPBACK"));
-}
-
-#[tokio::test]
 async fn without_user_id_the_list_holds_every_session_as_in_the_seed() {
     let server = TestServer::start("").await;
     let a = server.user("alice").create_session(None).await["session_id"].clone();

@@ -1,6 +1,8 @@
 //! Starts the real server binary on a random loopback port with its own data folder, on the
 //! storage the run names (`CLAUDE_AGENT_TEST_STORAGE`: `sqlite`, the default, `postgresql` or
-//! `memory`), so every story runs on every storage (`scripts/test` runs all three).
+//! `memory`), so every story runs on every storage (`scripts/test` runs all three). With
+//! `CLAUDE_AGENT_TEST_AUTH=on` every server requires authentication: the test support gives it an
+//! admin key, its client sends that key, and each [`User`] gets a user key of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +16,47 @@ use super::pg::{TestDatabase, server_env};
 
 /// Names the storage the stories of this run use.
 pub const STORAGE_VARIABLE: &str = "CLAUDE_AGENT_TEST_STORAGE";
+
+/// `on`: every story's server requires authentication, and the test support authenticates.
+pub const AUTH_VARIABLE: &str = "CLAUDE_AGENT_TEST_AUTH";
+
+/// Whether this run's servers require authentication.
+pub fn auth_of_run() -> bool {
+    match std::env::var(AUTH_VARIABLE).as_deref() {
+        Err(_) | Ok("") | Ok("none") => false,
+        Ok("on") => true,
+        Ok(other) => panic!("{AUTH_VARIABLE}={other}: expected on or none"),
+    }
+}
+
+/// A random admin key for a test server (what `auth.admin_key` accepts).
+pub fn random_admin_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A client without credentials.
+pub fn plain_client() -> Client {
+    claude_agent_http::tls::install_crypto_provider();
+    Client::new()
+}
+
+/// A client that sends `key` as its bearer credential on every request.
+pub fn client_with_key(key: &str) -> Client {
+    claude_agent_http::tls::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
 
 /// The storage a story's server keeps its sessions in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +99,10 @@ pub struct TestServer {
     /// The PostgreSQL database of a server on the `postgresql` storage; dropped after the server
     /// (whose `Drop` kills it first), kept across restarts.
     database: Option<TestDatabase>,
+    /// The admin key the client sends, when the server requires authentication.
+    pub admin_key: Option<String>,
+    /// User keys made so far, by user (made on first use, through the admin endpoint).
+    user_keys: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl TestServer {
@@ -93,6 +140,14 @@ impl TestServer {
         let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         let named = extra_yaml.contains("storage:")
             || env.iter().any(|(key, _)| key == "CLAUDE_AGENT_SESSION_STORAGE");
+        // A story that sets up authentication itself keeps it; the others run behind an admin key
+        // on an authenticating run.
+        let auth_named =
+            extra_yaml.contains("auth:") || env.iter().any(|(key, _)| key.starts_with("CLAUDE_AGENT_AUTH"));
+        if auth_of_run() && !auth_named {
+            env.push(("CLAUDE_AGENT_AUTH__MODE".into(), "on".into()));
+            env.push(("CLAUDE_AGENT_AUTH__ADMIN_KEY".into(), random_admin_key()));
+        }
         let mut database = None;
         if !named {
             match storage {
@@ -115,6 +170,11 @@ impl TestServer {
         wrapper: Vec<String>,
         database: Option<TestDatabase>,
     ) -> TestServer {
+        let admin_key = env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "CLAUDE_AGENT_AUTH__ADMIN_KEY")
+            .map(|(_, value)| value.clone());
         let config = dir.path().join("config.yaml");
         // Relative, as in the default configuration: the server runs in the test's folder.
         let yaml = format!("data_dir: ./data\n{extra_yaml}");
@@ -162,12 +222,14 @@ impl TestServer {
         let mut server = TestServer {
             child: Some(child),
             base: String::new(),
-            client: Client::new(),
+            client: admin_key.as_deref().map_or_else(plain_client, client_with_key),
             dir,
             extra_yaml: extra_yaml.to_string(),
             env,
             wrapper,
             database,
+            admin_key,
+            user_keys: Default::default(),
         };
         let addr = server.wait_for_port(&port_file, Duration::from_secs(20)).await;
         server.base = format!("http://{addr}");
@@ -194,6 +256,21 @@ impl TestServer {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The folder the server runs in (its config, log and data are here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// The environment the server was started with, beyond the test's own.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     /// The server's data folder.
@@ -275,6 +352,37 @@ impl TestServer {
         }
     }
 
+    /// A user key for `user` (made through the admin endpoint on first use), when the server
+    /// requires authentication.
+    pub async fn user_key(&self, user: &str) -> Option<String> {
+        self.admin_key.as_ref()?;
+        if let Some(key) = self.user_keys.lock().unwrap().get(user) {
+            return Some(key.clone());
+        }
+        let response = self
+            .post(
+                "/api/v1/admin/keys",
+                json!({"role": "user", "user_id": user, "name": format!("test key of {user}")}),
+            )
+            .await;
+        let body = expect_json(response, StatusCode::CREATED).await;
+        let key = body["key"].as_str().expect("the new key").to_string();
+        self.user_keys
+            .lock()
+            .unwrap()
+            .insert(user.to_string(), key.clone());
+        Some(key)
+    }
+
+    /// The client a user's requests go through: with its own user key when the server requires
+    /// authentication, else the server's client.
+    pub async fn client_of(&self, user: &str) -> Client {
+        match self.user_key(user).await {
+            Some(key) => client_with_key(&key),
+            None => self.client.clone(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -327,15 +435,29 @@ impl User<'_> {
         if let Some(subdir) = subdir {
             body["subdir"] = json!(subdir);
         }
-        self.server.post("/api/v1/sessions", body).await
+        self.client()
+            .await
+            .post(self.server.url("/api/v1/sessions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// The client this user's requests go through (its own key on an authenticating server).
+    pub async fn client(&self) -> Client {
+        self.server.client_of(&self.id).await
     }
 
     /// The user's session ids.
     pub async fn session_ids(&self) -> Vec<String> {
         let response = self
-            .server
-            .get(&format!("/api/v1/sessions?user_id={}", self.id))
-            .await;
+            .client()
+            .await
+            .get(self.server.url(&format!("/api/v1/sessions?user_id={}", self.id)))
+            .send()
+            .await
+            .expect("GET");
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.expect("json")
     }

@@ -1,0 +1,144 @@
+//! `/api/v1/admin/...`: API key management, for admin credentials only.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::require_admin;
+use super::error::{ApiError, ErrorBody};
+use crate::auth::{ApiKeyRecord, KeyError};
+use crate::domain::{Caller, Role};
+
+/// `POST /api/v1/admin/keys` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// `user` (acts as `user_id` only) or `admin` (acts for every user).
+    pub role: Role,
+    /// The user a `user` key acts as; none for an admin key.
+    pub user_id: Option<String>,
+    /// A name for people.
+    pub name: Option<String>,
+}
+
+/// An API key as listed: never the key itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyResponse {
+    /// The key's id (name it to revoke the key).
+    pub id: String,
+    /// The name given at creation.
+    pub name: Option<String>,
+    /// `user` or `admin`.
+    pub role: Role,
+    /// The user a `user` key acts as.
+    pub user_id: Option<String>,
+    /// The key's first characters, to recognise it by.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request (to within a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRecord> for KeyResponse {
+    fn from(key: ApiKeyRecord) -> Self {
+        KeyResponse {
+            id: key.id,
+            name: key.name,
+            role: key.role,
+            user_id: key.user_id,
+            prefix: key.prefix,
+            created_at: key.created_at,
+            revoked_at: key.revoked_at,
+            last_used_at: key.last_used_at,
+        }
+    }
+}
+
+/// A created key: the only time the key itself is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The key: give it to its holder now; it cannot be shown again.
+    pub key: String,
+    /// What is kept about it.
+    #[serde(flatten)]
+    pub record: KeyResponse,
+}
+
+/// Every key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeysResponse {
+    /// Oldest first, revoked ones included.
+    pub keys: Vec<KeyResponse>,
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::BadRequest(detail) => ApiError::invalid(detail),
+            KeyError::NotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, "key_not_found", format!("No API key {id}"))
+            }
+            KeyError::Store(e) => crate::sessions::SessionError::Store(e).into(),
+        }
+    }
+}
+
+/// Create an API key (admin only). The response holds the key; it is never shown again.
+#[utoipa::path(post, path = "/api/v1/admin/keys", tag = "admin", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateKeyRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    require_admin(&caller)?;
+    let Json(body) = body?;
+    let (record, key) = state
+        .auth
+        .create_key(body.role, body.user_id.as_deref(), body.name)
+        .await?;
+    tracing::info!(key.id = %record.id, key.role = record.role.as_str(), user.id = record.user_id.as_deref().unwrap_or_default(), by = %caller.principal.label(), "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key,
+            record: record.into(),
+        }),
+    ))
+}
+
+/// List API keys (admin only).
+#[utoipa::path(get, path = "/api/v1/admin/keys", tag = "admin",
+    responses((status = 200, body = KeysResponse), (status = 403, body = ErrorBody)))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<KeysResponse>, ApiError> {
+    require_admin(&caller)?;
+    let keys = state.auth.list_keys().await?;
+    Ok(Json(KeysResponse {
+        keys: keys.into_iter().map(KeyResponse::from).collect(),
+    }))
+}
+
+/// Revoke an API key (admin only): from now on it authenticates nothing, on every instance.
+#[utoipa::path(delete, path = "/api/v1/admin/keys/{key_id}", tag = "admin",
+    params(("key_id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = KeyResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    require_admin(&caller)?;
+    let record = state.auth.revoke_key(&id).await?;
+    tracing::info!(key.id = %record.id, by = %caller.principal.label(), "API key revoked");
+    Ok(Json(record.into()))
+}
