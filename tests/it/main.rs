@@ -5,6 +5,7 @@ mod config;
 mod event_store;
 mod history;
 mod http_edges;
+mod http_limits;
 mod layering;
 mod lifecycle;
 mod options;

@@ -162,7 +162,7 @@ impl TestServer {
         let mut server = TestServer {
             child: Some(child),
             base: String::new(),
-            client: Client::new(),
+            client: test_client(),
             dir,
             extra_yaml: extra_yaml.to_string(),
             env,
@@ -339,6 +339,17 @@ impl User<'_> {
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.expect("json")
     }
+}
+
+/// A client whose idle connections are dropped before the server closes them: the server's
+/// `api.header_read_timeout_seconds` (10 s by default) also bounds how long a kept-alive connection
+/// may idle, and a request sent on a connection just as the server closes it fails. (A story that
+/// sets that timeout below 5 s must use a client that does not keep connections.)
+fn test_client() -> Client {
+    Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
 }
 
 /// The test's PATH with every `claude` taken out: a folder holding one is replaced by a folder (in
