@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::agent::{DirectLauncher, Inherited, cli, tree};
 use crate::auth::{Authenticator, RateLimits};
 use crate::config::{AuthMode, Config, StorageKind};
+use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
@@ -52,6 +52,7 @@ pub enum StartupError {
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
+    limits: ConnectionLimits,
     sessions: Arc<Sessions>,
 }
 
@@ -149,9 +150,14 @@ impl App {
             );
         }
         spawn_purger(sessions.clone(), config.session.ttl);
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(config.api.header_read_timeout_seconds),
+            max_connections: config.api.max_connections as usize,
+        };
         Ok(App {
             listener,
             router,
+            limits,
             sessions,
         })
     }
@@ -161,8 +167,8 @@ impl App {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes; then stops every agent (ending open streams) and drains
-    /// connections. No agent process outlives this call.
+    /// Serves until `shutdown` completes; then stops accepting, stops every agent (ending open
+    /// streams) and drains connections. No agent process outlives this call.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(listen = %self.local_addr(), "serving");
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
@@ -177,18 +183,10 @@ impl App {
                 let _ = stopped_tx.send(());
             });
         };
-        // Token events are small writes: never hold them back waiting for an ACK (Nagle).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(signal)
-            .await;
+        http::serve::serve(self.listener, self.router, self.limits, signal).await;
         self.sessions.runtime().shutdown().await;
         let _ = stopped_rx.await;
-        served
+        Ok(())
     }
 }
 

@@ -241,6 +241,11 @@ pub struct ApiConfig {
     pub max_live_agents: u32,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Seconds a connection may take to send a complete request head (after it opens, and after
+    /// each response on a kept-alive connection) before it is closed.
+    pub header_read_timeout_seconds: u64,
+    /// Open client connections at most; beyond it new connections wait in the listen backlog.
+    pub max_connections: u32,
     /// Seconds between SSE keep-alive comments while the agent is quiet.
     pub keepalive_seconds: u64,
     /// Start a session's CLI in the background when the session is created or resumed, if it fits
@@ -347,6 +352,8 @@ impl Default for ApiConfig {
             idle_session_timeout: 300,
             max_live_agents: 32,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout_seconds: 10,
+            max_connections: 1024,
             keepalive_seconds: 15,
             prewarm: true,
             max_concurrent_starts: 2,
@@ -644,6 +651,18 @@ impl Config {
                 return Err((key, "must be at least 1".into()));
             }
         }
+        if self.api.max_connections == 0 {
+            return Err((
+                "api.max_connections",
+                "must be at least 1 (0 would accept no connection at all)".into(),
+            ));
+        }
+        if !(1..=MAX_HEADER_READ_SECONDS).contains(&self.api.header_read_timeout_seconds) {
+            return Err((
+                "api.header_read_timeout_seconds",
+                format!("must be between 1 and {MAX_HEADER_READ_SECONDS} seconds"),
+            ));
+        }
         if self.api.max_body_bytes < 1024 {
             return Err(("api.max_body_bytes", "must be at least 1024".into()));
         }
@@ -813,6 +832,10 @@ const MIN_ADMIN_KEY_CHARS: usize = 32;
 /// Bounds of `api.stream_buffer_events`: each live session preallocates this many slots.
 const MIN_STREAM_BUFFER: u32 = 16;
 const MAX_STREAM_BUFFER: u32 = 1 << 20;
+
+/// Upper bound of `api.header_read_timeout_seconds`: a client needs seconds for a request head,
+/// not hours.
+const MAX_HEADER_READ_SECONDS: u64 = 3600;
 
 /// Upper bound of the turn timeouts, far beyond any real turn; keeps deadlines representable.
 const MAX_TURN_SECONDS: u64 = 365 * 24 * 3600;
@@ -1270,6 +1293,17 @@ plugins:
                 "CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS",
             ),
             (Some("api:\n  prewarm: maybe\n"), &[], "api.prewarm"),
+            (Some("api:\n  max_connections: -1\n"), &[], "api.max_connections"),
+            (
+                Some("api:\n  header_read_timeout_seconds: 0\n"),
+                &[],
+                "api.header_read_timeout_seconds",
+            ),
+            (
+                None,
+                &[("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "3601")],
+                "CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS",
+            ),
             (
                 Some("defaults:\n  turn_timeout: -1\n"),
                 &[],
@@ -1314,6 +1348,39 @@ plugins:
         assert!(!config.api.prewarm);
         assert_eq!(config.api.max_concurrent_starts, 3);
         assert_eq!(config.api.stream_buffer_events, 16);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_environment_overrides_and_bounds() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.api.header_read_timeout_seconds, 10);
+        assert_eq!(config.api.max_connections, 1024);
+        let config = load(
+            Some("api:\n  header_read_timeout_seconds: 5\n  max_connections: 64\n"),
+            &[("CLAUDE_AGENT_API__MAX_CONNECTIONS", "2")],
+        )
+        .unwrap();
+        assert_eq!(config.api.header_read_timeout_seconds, 5);
+        assert_eq!(config.api.max_connections, 2, "the environment wins");
+        let config = load(None, &[("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "3600")]).unwrap();
+        assert_eq!(config.api.header_read_timeout_seconds, 3600);
+
+        let message = load(Some("api:\n  max_connections: 0\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "config key `api.max_connections`: must be at least 1 (0 would accept no connection at all)"
+        );
+        let message = load(None, &[("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("api.header_read_timeout_seconds")
+                && message.contains("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS")
+                && message.contains("between 1 and 3600"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod serve;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -44,6 +44,8 @@ fn defaults_then_yaml_then_environment() {
     assert_eq!(config["api"]["prewarm"], true);
     assert_eq!(config["api"]["max_concurrent_starts"], 2);
     assert_eq!(config["api"]["stream_buffer_events"], 4096);
+    assert_eq!(config["api"]["header_read_timeout_seconds"], 10);
+    assert_eq!(config["api"]["max_connections"], 1024);
 
     let yaml =
         "api:\n  port: 9100\n  max_sessions: 9\n  max_concurrent_starts: 5\nsession:\n  storage: memory\n";
@@ -63,6 +65,8 @@ fn defaults_then_yaml_then_environment() {
         ("CLAUDE_AGENT_DEFAULTS__TURN_TIMEOUT", "0"),
         ("CLAUDE_AGENT_API__PREWARM", "false"),
         ("CLAUDE_AGENT_API__STREAM_BUFFER_EVENTS", "64"),
+        ("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "3"),
+        ("CLAUDE_AGENT_API__MAX_CONNECTIONS", "100"),
     ];
     let (ok, out, err) = print_config(yaml, &env);
     assert!(ok, "{err}");
@@ -81,6 +85,8 @@ fn defaults_then_yaml_then_environment() {
     assert_eq!(config["api"]["prewarm"], false);
     assert_eq!(config["api"]["stream_buffer_events"], 64);
     assert_eq!(config["api"]["max_concurrent_starts"], 5, "from the YAML");
+    assert_eq!(config["api"]["header_read_timeout_seconds"], 3);
+    assert_eq!(config["api"]["max_connections"], 100);
 }
 
 #[test]
@@ -119,6 +125,12 @@ fn bad_config_fails_at_startup_naming_the_key() {
             "",
             vec![("CLAUDE_AGENT_API__MAX_CONCURRENT_STARTS", "0")],
             "api.max_concurrent_starts",
+        ),
+        ("api:\n  max_connections: 0\n", vec![], "api.max_connections"),
+        (
+            "",
+            vec![("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "0")],
+            "api.header_read_timeout_seconds",
         ),
     ] {
         let (ok, _, err) = print_config(yaml, &env);

@@ -7,6 +7,7 @@ mod config;
 mod event_store;
 mod history;
 mod http_edges;
+mod http_limits;
 mod key_store;
 mod layering;
 mod lifecycle;

@@ -38,10 +38,15 @@ pub fn random_admin_key() -> String {
     )
 }
 
-/// A client without credentials.
+/// A client without credentials. Idle connections are dropped after 5 s, before the server's
+/// header-read timeout (10 s) closes them, so a request never goes out on a connection the server
+/// is closing.
 pub fn plain_client() -> Client {
     claude_agent_http::tls::install_crypto_provider();
-    Client::new()
+    Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client")
 }
 
 /// A client that sends `key` as its bearer credential on every request.
@@ -54,6 +59,7 @@ pub fn client_with_key(key: &str) -> Client {
     );
     Client::builder()
         .default_headers(headers)
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("client")
 }
