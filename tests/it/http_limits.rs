@@ -19,10 +19,19 @@ const GENEROUS: Duration = Duration::from_secs(15);
 /// A client that opens a new connection for every request. With a header timeout of 1 s, a pooled
 /// connection idles into it at any moment, and a request sent on it just as the server closes it
 /// would fail: every HTTP client shares that race with every keep-alive timeout.
-fn unpooled_client() -> reqwest::Client {
+/// It sends the server's admin key when the server requires authentication.
+fn unpooled_client(server: &TestServer) -> reqwest::Client {
     claude_agent_http::tls::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &server.admin_key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+    }
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .default_headers(headers)
         .build()
         .expect("client")
 }
@@ -61,7 +70,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     let mut server = TestServer::start("api:\n  header_read_timeout_seconds: 1\n").await;
-    server.client = unpooled_client();
+    server.client = unpooled_client(&server);
     let opened = Instant::now();
     // One sends half a request head and stops; one connects and sends nothing; one asks for
     // /livez, gets its answer and then keeps the connection without a next request.
@@ -139,7 +148,7 @@ async fn at_the_connection_cap_a_new_client_waits_until_one_closes() {
 #[tokio::test]
 async fn streams_outlive_the_header_timeout_and_a_shutdown_still_ends_them() {
     let mut app = AgentServer::start("api:\n  header_read_timeout_seconds: 1\n").await;
-    app.server.client = unpooled_client();
+    app.server.client = unpooled_client(&app.server);
     let (id, _) = app.session("alice").await;
     // Three words 1.5 s apart: the answer takes far longer than the header timeout.
     let events = app.stream(&id, "words 3 1500").await.collect().await;
