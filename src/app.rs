@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::agent::{DirectLauncher, Inherited, cli, tree};
+use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimits};
 use crate::config::{AuthMode, Config, StorageKind};
 use crate::http::serve::ConnectionLimits;
@@ -89,6 +90,8 @@ impl App {
                 source,
             })?;
         let mode = auth_mode(&config, &listener)?;
+        let audit = AuditLog::new(stores.audit.clone());
+        spawn_audit_pruner(audit.clone(), config.audit.retention_days);
         let runtime = Arc::new(Runtime::new(
             runtime_settings(&config, Inherited::from_service_environment()),
             stores.sessions.clone(),
@@ -96,6 +99,7 @@ impl App {
             Arc::new(DirectLauncher),
             stores.events.clone(),
             stores.transcripts.clone(),
+            audit.clone(),
         ));
         runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {
@@ -111,6 +115,7 @@ impl App {
                 max_per_user: config.api.max_sessions_per_user,
             },
             config.agent_options(),
+            audit.clone(),
         ));
         if !runtime.has_model_credentials() {
             tracing::warn!(
@@ -122,7 +127,7 @@ impl App {
         find_cli(&config, runtime.clone());
         tokio::spawn(runtime.watch());
         let auth = Arc::new(
-            Authenticator::new(&config.auth, mode, stores.keys.clone())
+            Authenticator::new(&config.auth, mode, stores.keys.clone(), audit)
                 .map_err(|e| StartupError::Auth(e.to_string()))?,
         );
         let rate = Arc::new(RateLimits::new(
@@ -264,7 +269,9 @@ pub async fn key_admin(config: &Config) -> Result<Authenticator, StartupError> {
         ));
     }
     let stores = open_stores(config).await?;
-    Authenticator::new(&config.auth, AuthMode::On, stores.keys).map_err(|e| StartupError::Auth(e.to_string()))
+    let audit = AuditLog::new(stores.audit);
+    Authenticator::new(&config.auth, AuthMode::On, stores.keys, audit)
+        .map_err(|e| StartupError::Auth(e.to_string()))
 }
 
 /// The authentication mode in force: as configured, or (unset) none on a loopback address. A
@@ -289,6 +296,25 @@ fn auth_mode(config: &Config, listener: &TcpListener) -> Result<AuthMode, Startu
          (or set CLAUDE_AGENT_AUTH__ADMIN_KEY), or set auth.mode: none to serve without authentication anyway",
         config.api.host
     )))
+}
+
+/// Prunes audit records older than `retention_days` (0: keep them) at startup and every hour.
+fn spawn_audit_pruner(audit: AuditLog, retention_days: u32) {
+    if retention_days == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let before = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            match audit.prune(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(audit.pruned = n, "pruned audit records past audit.retention_days"),
+                Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+            }
+        }
+    });
 }
 
 /// Forgets idle principals of the rate limiter every minute.
@@ -326,6 +352,7 @@ fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
         memory_limit_bytes: config.api.memory_limit_mb * 1024 * 1024,
         idle_timeout: Duration::from_secs(config.api.idle_session_timeout),
         max_concurrent_turns: config.api.max_concurrent_requests as usize,
+        max_turns_per_user: config.api.max_concurrent_turns_per_user as usize,
         max_concurrent_starts: config.api.max_concurrent_starts as usize,
         turn_timeout: seconds(config.defaults.turn_timeout),
         silence_timeout: seconds(config.defaults.turn_silence_timeout),

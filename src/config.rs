@@ -232,6 +232,8 @@ pub struct ApiConfig {
     pub max_sessions_per_user: u32,
     /// Turns running at once across the service.
     pub max_concurrent_requests: u32,
+    /// Turns one user may run at once (on one instance); more are refused with 429.
+    pub max_concurrent_turns_per_user: u32,
     /// Memory of the service plus all agent processes, in MiB, above which idle agents are
     /// stopped; 0 disables the check.
     pub memory_limit_mb: u64,
@@ -348,6 +350,7 @@ impl Default for ApiConfig {
             max_sessions: 1000,
             max_sessions_per_user: 50,
             max_concurrent_requests: 20,
+            max_concurrent_turns_per_user: 5,
             memory_limit_mb: 0,
             idle_session_timeout: 300,
             max_live_agents: 32,
@@ -645,6 +648,10 @@ impl Config {
             ("api.max_sessions", self.api.max_sessions),
             ("api.max_sessions_per_user", self.api.max_sessions_per_user),
             ("api.max_concurrent_requests", self.api.max_concurrent_requests),
+            (
+                "api.max_concurrent_turns_per_user",
+                self.api.max_concurrent_turns_per_user,
+            ),
             ("api.max_live_agents", self.api.max_live_agents),
         ] {
             if value == 0 {

@@ -184,6 +184,13 @@ async fn keys(config: Config, action: KeysAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let caller = claude_agent_http::domain::Caller {
+        principal: claude_agent_http::domain::Principal::admin(
+            claude_agent_http::domain::Credential::CommandLine,
+        ),
+        remote_addr: None,
+        request_id: None,
+    };
     let result = match action {
         KeysAction::Create {
             user,
@@ -192,7 +199,7 @@ async fn keys(config: Config, action: KeysAction) -> ExitCode {
             json,
         } => {
             let role = if admin { Role::Admin } else { Role::User };
-            auth.create_key(role, user.as_deref(), name)
+            auth.create_key(&caller, role, user.as_deref(), name)
                 .await
                 .map(|(record, key)| {
                     if json {
@@ -241,10 +248,12 @@ async fn keys(config: Config, action: KeysAction) -> ExitCode {
                 );
             }
         }),
-        KeysAction::Revoke { id } => auth.revoke_key(&id).await.map(|key| {
+        KeysAction::Revoke { id } => auth.revoke_key(&caller, &id).await.map(|key| {
             eprintln!("revoked {}", key.id);
         }),
     };
+    // The audit record of a change must be written before the process exits.
+    auth.audit().flush().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

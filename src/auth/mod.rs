@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::audit::AuditLog;
 use crate::config::{AuthConfig, AuthMode};
-use crate::domain::{Credential, Principal, Role};
+use crate::domain::{Caller, Credential, Principal, Role};
 use crate::store::{KeyStore, StoreError};
 
 pub use crate::store::ApiKeyRecord;
@@ -60,11 +61,18 @@ pub struct Authenticator {
     environment_key: Option<String>,
     jwt: Option<JwtVerifier>,
     touched: Mutex<HashMap<String, Instant>>,
+    audit: AuditLog,
 }
 
 impl Authenticator {
-    /// An authenticator for `config` with `mode` in force, finding keys in `keys`.
-    pub fn new(config: &AuthConfig, mode: AuthMode, keys: Arc<dyn KeyStore>) -> Result<Self, JwtConfigError> {
+    /// An authenticator for `config` with `mode` in force, finding keys in `keys`, recording key
+    /// changes in `audit`.
+    pub fn new(
+        config: &AuthConfig,
+        mode: AuthMode,
+        keys: Arc<dyn KeyStore>,
+        audit: AuditLog,
+    ) -> Result<Self, JwtConfigError> {
         let jwt = match config.jwt.enabled() {
             true => Some(JwtVerifier::new(&config.jwt)?),
             false => None,
@@ -75,6 +83,7 @@ impl Authenticator {
             environment_key: config.admin_key.as_deref().map(|key| keys::hash(key.trim())),
             jwt,
             touched: Mutex::new(HashMap::new()),
+            audit,
         })
     }
 
@@ -159,6 +168,7 @@ impl Authenticator {
     /// stored and the secret, which exists nowhere else and is shown once.
     pub async fn create_key(
         &self,
+        caller: &Caller,
         role: Role,
         user_id: Option<&str>,
         name: Option<String>,
@@ -196,6 +206,11 @@ impl Authenticator {
             last_used_at: None,
         };
         self.keys.insert_key(&record).await?;
+        let mut entry = AuditLog::entry("key.created", caller);
+        entry.user_id = record.user_id.clone();
+        entry.detail =
+            serde_json::json!({"key_id": record.id, "role": record.role.as_str(), "name": record.name});
+        self.audit.record(entry);
         Ok((record, new.secret))
     }
 
@@ -205,10 +220,30 @@ impl Authenticator {
     }
 
     /// Revokes a key: from now on it authenticates nothing, on every instance sharing the store.
-    pub async fn revoke_key(&self, id: &str) -> Result<ApiKeyRecord, KeyError> {
-        self.keys
+    pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<ApiKeyRecord, KeyError> {
+        let key = self
+            .keys
             .revoke_key(id, Utc::now())
             .await?
-            .ok_or_else(|| KeyError::NotFound(id.to_string()))
+            .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+        let mut entry = AuditLog::entry("key.revoked", caller);
+        entry.user_id = key.user_id.clone();
+        entry.detail = serde_json::json!({"key_id": key.id, "role": key.role.as_str()});
+        self.audit.record(entry);
+        Ok(key)
+    }
+
+    /// Records a failed authentication (never the credential).
+    pub fn record_failure(&self, caller: &Caller, reason: &str) {
+        let mut entry = AuditLog::entry("auth.failed", caller);
+        entry.principal = None;
+        entry.user_id = None;
+        entry.detail = serde_json::json!({"reason": reason});
+        self.audit.record(entry);
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 }

@@ -42,6 +42,8 @@ pub enum Credential {
     EnvironmentKey,
     /// A JWT from the configured issuer (its subject).
     Jwt(String),
+    /// The operator at the command line (`claude-agent-http keys ...`).
+    CommandLine,
 }
 
 /// The caller of one request.
@@ -110,6 +112,7 @@ impl Principal {
             (Role::Admin, Credential::ApiKey(id)) => format!("admin:{id}"),
             (Role::Admin, Credential::EnvironmentKey) => "admin:env".into(),
             (Role::Admin, Credential::Jwt(sub)) => format!("admin:jwt:{sub}"),
+            (Role::Admin, Credential::CommandLine) => "admin:cli".into(),
         }
     }
 }

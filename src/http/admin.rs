@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::require_admin;
 use super::error::{ApiError, ErrorBody};
+use crate::audit::{AuditQuery, AuditRecord};
 use crate::auth::{ApiKeyRecord, KeyError};
 use crate::domain::{Caller, Role};
 
@@ -102,7 +104,7 @@ pub async fn create_key(
     let Json(body) = body?;
     let (record, key) = state
         .auth
-        .create_key(body.role, body.user_id.as_deref(), body.name)
+        .create_key(&caller, body.role, body.user_id.as_deref(), body.name)
         .await?;
     tracing::info!(key.id = %record.id, key.role = record.role.as_str(), user.id = record.user_id.as_deref().unwrap_or_default(), by = %caller.principal.label(), "API key created");
     Ok((
@@ -138,7 +140,106 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Json<KeyResponse>, ApiError> {
     require_admin(&caller)?;
-    let record = state.auth.revoke_key(&id).await?;
+    let record = state.auth.revoke_key(&caller, &id).await?;
     tracing::info!(key.id = %record.id, by = %caller.principal.label(), "API key revoked");
     Ok(Json(record.into()))
+}
+
+/// `GET /api/v1/admin/audit` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only records about this user.
+    pub user_id: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only records after this id (the previous page's `next_after_id`).
+    pub after_id: Option<i64>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// One audit record.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// Increasing in the order records were written.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What: `key.created`, `key.revoked`, `auth.failed`, `session.created`, `session.deleted`,
+    /// `turn.started`, `tool.used`, `turn.interrupted`.
+    pub action: String,
+    /// Who (`user:<id>`, `admin:<key id>`, `admin:env`, `admin:jwt:<sub>`, `admin:cli`, `anonymous`).
+    pub principal: Option<String>,
+    /// The API key that authenticated it.
+    pub key_id: Option<String>,
+    /// Whose object it touched.
+    pub user_id: Option<String>,
+    /// Which session.
+    pub session_id: Option<String>,
+    /// From which address.
+    pub remote_addr: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// The rest (a tool's name and input digest, a key's id and role, ...).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl From<AuditRecord> for AuditEntry {
+    fn from(record: AuditRecord) -> Self {
+        AuditEntry {
+            id: record.id,
+            at: record.at,
+            action: record.action,
+            principal: record.principal,
+            key_id: record.key_id,
+            user_id: record.user_id,
+            session_id: record.session_id.map(|id| id.to_string()),
+            remote_addr: record.remote_addr,
+            request_id: record.request_id,
+            detail: record.detail,
+        }
+    }
+}
+
+/// A page of the audit log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Oldest first.
+    pub records: Vec<AuditEntry>,
+    /// Pass as `after_id` for the next page (the last record's id, or the `after_id` given).
+    pub next_after_id: Option<i64>,
+}
+
+/// Read the audit log (admin only), oldest first.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    require_admin(&caller)?;
+    let Query(params) = query?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let records = state
+        .auth
+        .audit()
+        .query(&AuditQuery {
+            user_id: params.user_id,
+            since: params.since,
+            after_id: params.after_id,
+            limit,
+        })
+        .await
+        .map_err(|e| ApiError::from(crate::sessions::SessionError::Store(e)))?;
+    let next_after_id = records.last().map(|r| r.id).or(params.after_id);
+    Ok(Json(AuditPage {
+        records: records.into_iter().map(AuditEntry::from).collect(),
+        next_after_id,
+    }))
 }

@@ -65,6 +65,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         }
         Err(e) => {
             tracing::warn!(request.id = request_id.as_deref().unwrap_or_default(), client.address = remote_addr.as_deref().unwrap_or_default(), reason = %e, "authentication failed");
+            let caller = Caller {
+                principal: crate::domain::Principal::anonymous(),
+                remote_addr,
+                request_id,
+            };
+            state.auth.record_failure(&caller, &e.to_string());
             return ApiError::unauthorized().into_response();
         }
     };

@@ -358,6 +358,7 @@ impl From<SessionError> for ApiError {
             SessionError::AgentUnavailable(_) => (S::SERVICE_UNAVAILABLE, "agent_unavailable"),
             SessionError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "service_shutting_down"),
             SessionError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+            SessionError::TooManyTurns(detail) => return ApiError::too_many_turns(detail.clone()),
             SessionError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
             SessionError::Store(store) => return store_error(store, &error),
         };

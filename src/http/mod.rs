@@ -67,7 +67,7 @@ impl AppState {
         chat::chat, chat::chat_stream,
         history::session_events, history::list_turns, history::get_turn, history::list_messages,
         health::livez, health::readyz,
-        admin::create_key, admin::list_keys, admin::revoke_key,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::audit,
     ),
     components(schemas(health::HealthDetails)),
     modifiers(&BearerAuth),
@@ -151,6 +151,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             post(admin::create_key).get(admin::list_keys),
         )
         .route("/api/v1/admin/keys/{key_id}", delete(admin::revoke_key))
+        .route("/api/v1/admin/audit", get(admin::audit))
         // Every route above needs a caller; the public ones below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/health", get(health::health))

@@ -14,14 +14,14 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::stream::SessionStream;
-use super::{Admission, CliState, LiveStatus, Shared};
+use super::{Admission, CliState, LiveStatus, Shared, UserTurn};
 use crate::agent::command::{CliFeatures, mcp_config_json};
 use crate::agent::policy::Policy;
 use crate::agent::process::{has_transcript, session_files};
 use crate::agent::protocol::{self, AgentMessage};
 use crate::agent::tracker::TurnTracker;
 use crate::agent::{AgentProcess, ExitInfo, Output, SpawnSpec};
-use crate::domain::{SessionEvent, SessionId, SessionRecord, TurnErrorCode, TurnEvent, TurnId};
+use crate::domain::{Caller, SessionEvent, SessionId, SessionRecord, TurnErrorCode, TurnEvent, TurnId};
 use crate::store::{TurnRecord, TurnStatus};
 
 /// How long an interrupted CLI gets to end its turn before it is killed.
@@ -37,6 +37,7 @@ pub(super) enum Command {
     Send {
         message: String,
         timeout: Option<Duration>,
+        caller: Caller,
         reply: oneshot::Sender<Result<TurnTicket, SendRefusal>>,
     },
     /// A reader of the session's live events from now on.
@@ -69,6 +70,8 @@ pub enum SendRefusal {
     Busy,
     /// The session is closed (deleted, or the service is stopping).
     Closed,
+    /// The session's user already runs this many turns at once, the most allowed.
+    UserAtLimit(usize),
 }
 
 /// A started turn: its id, a reader of its events, and its terminal event.
@@ -111,6 +114,10 @@ struct Turn {
     attempts: u32,
     done: Option<oneshot::Sender<Arc<SessionEvent>>>,
     started_at: DateTime<Utc>,
+    /// Who asked for it (audit records of its tool calls name them).
+    caller: Caller,
+    /// The user's turn slot, given back when the turn is dropped.
+    _user_slot: UserTurn,
 }
 
 /// The actor's state. Only its own task touches it.
@@ -216,9 +223,10 @@ impl LiveSession {
             Command::Send {
                 message,
                 timeout,
+                caller,
                 reply,
             } => {
-                let result = self.begin_turn(message, timeout).await;
+                let result = self.begin_turn(message, timeout, caller).await;
                 let _ = reply.send(result);
             }
             Command::Subscribe { reply } => {
@@ -258,6 +266,7 @@ impl LiveSession {
         &mut self,
         message: String,
         timeout: Option<Duration>,
+        caller: Caller,
     ) -> Result<TurnTicket, SendRefusal> {
         if self.closed {
             return Err(SendRefusal::Closed);
@@ -265,6 +274,11 @@ impl LiveSession {
         if self.turn.is_some() {
             return Err(SendRefusal::Busy);
         }
+        let user_slot = self
+            .shared
+            .user_turns
+            .take(&self.record.user_id)
+            .map_err(SendRefusal::UserAtLimit)?;
         let id = TurnId::new();
         let now = Instant::now();
         // The client's timeout and the server's deadline, whichever comes first.
@@ -292,6 +306,8 @@ impl LiveSession {
             .await;
         self.turn = Some(Turn {
             started_at,
+            caller,
+            _user_slot: user_slot,
             id,
             message,
             phase: Phase::Queued,
@@ -611,6 +627,14 @@ impl LiveSession {
                         self.finish_turn(event).await;
                         return;
                     }
+                    if let TurnEvent::ToolUse {
+                        name,
+                        input,
+                        id: call,
+                    } = &event
+                    {
+                        self.audit_tool(name, input, call);
+                    }
                     self.stream.publish(id, event).await;
                 }
             }
@@ -653,6 +677,26 @@ impl LiveSession {
         }
         let terminal = turn.tracker.on_exit(exit);
         self.finish_turn(terminal).await;
+    }
+
+    /// Records a tool call of the running turn in the audit log: its name and a digest of its
+    /// input, never the input.
+    fn audit_tool(&self, name: &str, input: &serde_json::Value, call: &str) {
+        let Some(turn) = self.turn.as_ref() else {
+            return;
+        };
+        self.shared.audit.session_act(
+            "tool.used",
+            &turn.caller,
+            &self.record.user_id,
+            self.record.session_id,
+            serde_json::json!({
+                "turn_id": turn.id.to_string(),
+                "tool": name,
+                "tool_use_id": call,
+                "input_sha256": crate::audit::input_digest(input),
+            }),
+        );
     }
 
     /// Records the turn, then publishes its terminal event (so a client that sees `done` also

@@ -23,7 +23,8 @@ pub use live::{SendRefusal, TurnTicket};
 
 use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
 use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
-use crate::domain::{SessionId, SessionRecord};
+use crate::audit::AuditLog;
+use crate::domain::{Caller, SessionId, SessionRecord};
 use crate::store::{EventStore, SessionStore, TranscriptStore};
 use crate::workspace::Workspaces;
 
@@ -47,6 +48,8 @@ pub struct RuntimeSettings {
     pub idle_timeout: Duration,
     /// Turns running at once (`api.max_concurrent_requests`).
     pub max_concurrent_turns: usize,
+    /// Turns one user may run at once (`api.max_concurrent_turns_per_user`); more are refused.
+    pub max_turns_per_user: usize,
     /// CLI processes starting at once (FIFO).
     pub max_concurrent_starts: usize,
     /// The server-side bound of every turn.
@@ -159,8 +162,57 @@ pub(crate) struct Shared {
     registry: Mutex<HashMap<SessionId, Entry>>,
     turns: Arc<Semaphore>,
     starts: Arc<Semaphore>,
+    user_turns: Arc<UserTurns>,
+    audit: AuditLog,
     closing: AtomicBool,
     epoch: Instant,
+}
+
+/// How many turns each user runs on this instance, against `api.max_concurrent_turns_per_user`.
+pub(crate) struct UserTurns {
+    limit: usize,
+    running: Mutex<HashMap<String, usize>>,
+}
+
+impl UserTurns {
+    fn new(limit: usize) -> UserTurns {
+        UserTurns {
+            limit: limit.max(1),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A turn slot of `user`, held until dropped; `Err(limit)` when the user is at it.
+    pub(crate) fn take(self: &Arc<Self>, user: &str) -> Result<UserTurn, usize> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let count = running.entry(user.to_string()).or_default();
+        if *count >= self.limit {
+            return Err(self.limit);
+        }
+        *count += 1;
+        Ok(UserTurn {
+            owner: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// One running turn of a user; gives its slot back when dropped, however the turn ends.
+pub(crate) struct UserTurn {
+    owner: Arc<UserTurns>,
+    user: String,
+}
+
+impl Drop for UserTurn {
+    fn drop(&mut self) {
+        let mut running = self.owner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = running.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The live sessions of this instance.
@@ -178,6 +230,7 @@ impl Runtime {
         launcher: Arc<dyn Launcher>,
         events: Arc<dyn EventStore>,
         transcripts: Arc<dyn TranscriptStore>,
+        audit: AuditLog,
     ) -> Runtime {
         let cgroups = if settings.use_cgroups {
             match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
@@ -202,6 +255,7 @@ impl Runtime {
         };
         let turns = Arc::new(Semaphore::new(settings.max_concurrent_turns.max(1)));
         let starts = Arc::new(Semaphore::new(settings.max_concurrent_starts.max(1)));
+        let user_turns = Arc::new(UserTurns::new(settings.max_turns_per_user));
         Runtime {
             shared: Arc::new(Shared {
                 settings,
@@ -215,6 +269,8 @@ impl Runtime {
                 registry: Mutex::new(HashMap::new()),
                 turns,
                 starts,
+                user_turns,
+                audit,
                 closing: AtomicBool::new(false),
                 epoch: Instant::now(),
             }),
@@ -274,6 +330,7 @@ impl Runtime {
         record: &SessionRecord,
         message: String,
         timeout: Option<Duration>,
+        caller: Caller,
     ) -> Result<TurnTicket, SendRefusal> {
         let (reply, answer) = oneshot::channel();
         self.command(
@@ -281,6 +338,7 @@ impl Runtime {
             Command::Send {
                 message,
                 timeout,
+                caller,
                 reply,
             },
         )

@@ -30,6 +30,9 @@ pub enum SessionError {
     /// The service is shutting down.
     #[error("The service is shutting down")]
     ShuttingDown,
+    /// The user runs as many turns at once as allowed.
+    #[error("{0}")]
+    TooManyTurns(String),
     /// The caller may not act for this user.
     #[error("{0}")]
     Forbidden(String),

@@ -11,6 +11,9 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value};
 
+use serde_json::json;
+
+use crate::audit::AuditLog;
 use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{EventStore, Limits, SessionStore, StoreError};
@@ -49,6 +52,7 @@ pub struct Sessions {
     defaults: AgentOptions,
     runtime: Arc<Runtime>,
     events: Arc<dyn EventStore>,
+    audit: AuditLog,
 }
 
 impl Sessions {
@@ -60,8 +64,10 @@ impl Sessions {
         events: Arc<dyn EventStore>,
         limits: Limits,
         defaults: AgentOptions,
+        audit: AuditLog,
     ) -> Self {
         Sessions {
+            audit,
             events,
             store,
             workspaces,
@@ -118,6 +124,13 @@ impl Sessions {
                 return Err(e.into());
             }
         }
+        self.audit.session_act(
+            "session.created",
+            caller,
+            &record.user_id,
+            record.session_id,
+            json!({"subdir": record.subdir}),
+        );
         // Start its agent ahead of the first message, where there is free room.
         self.runtime.warm(&record, false).await;
         Ok(record)
@@ -169,6 +182,13 @@ impl Sessions {
         let Some(record) = self.store.delete(id).await? else {
             return Err(SessionError::NotFound(id.to_string()));
         };
+        self.audit.session_act(
+            "session.deleted",
+            caller,
+            &record.user_id,
+            id,
+            serde_json::Value::Null,
+        );
         self.runtime.close(id, &record.user_id).await;
         Ok(())
     }
@@ -192,21 +212,45 @@ impl Sessions {
         timeout: Option<Duration>,
     ) -> Result<TurnTicket, SessionError> {
         let record = self.get(caller, id).await?;
-        self.runtime
-            .send(&record, message, timeout)
+        let ticket = self
+            .runtime
+            .send(&record, message, timeout, caller.clone())
             .await
             .map_err(|refusal| match refusal {
                 SendRefusal::Busy => SessionError::Busy(id.to_string()),
+                SendRefusal::UserAtLimit(limit) => SessionError::TooManyTurns(format!(
+                    "user {} already runs {limit} turn(s) at once, the most api.max_concurrent_turns_per_user allows; \
+                     retry when one ends",
+                    record.user_id
+                )),
                 SendRefusal::Closed if self.runtime.is_closing() => SessionError::ShuttingDown,
                 // Deleted between the read above and the turn's start.
                 SendRefusal::Closed => SessionError::NotFound(id.to_string()),
-            })
+            })?;
+        self.audit.session_act(
+            "turn.started",
+            caller,
+            &record.user_id,
+            id,
+            json!({"turn_id": ticket.turn.to_string()}),
+        );
+        Ok(ticket)
     }
 
     /// Stops the session's running turn; false if none was running.
     pub async fn interrupt(&self, caller: &Caller, id: SessionId) -> Result<bool, SessionError> {
-        self.get(caller, id).await?;
-        Ok(self.runtime.interrupt(id).await)
+        let record = self.get(caller, id).await?;
+        let interrupted = self.runtime.interrupt(id).await;
+        if interrupted {
+            self.audit.session_act(
+                "turn.interrupted",
+                caller,
+                &record.user_id,
+                id,
+                serde_json::Value::Null,
+            );
+        }
+        Ok(interrupted)
     }
 
     /// The session's stored events numbered after `after`, at most `limit`.

@@ -13,6 +13,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "config",
             "workspace",
             "store",
+            "audit",
             "auth",
             "agent",
             "runtime",
@@ -26,6 +27,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "workspace",
             "store",
+            "audit",
             "auth",
             "agent",
             "runtime",
@@ -36,9 +38,27 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "workspace",
-        &["store", "auth", "agent", "runtime", "sessions", "http", "app"],
+        &[
+            "store", "audit", "auth", "agent", "runtime", "sessions", "http", "app",
+        ],
     ),
-    ("store", &["auth", "agent", "runtime", "sessions", "http", "app"]),
+    (
+        "store",
+        &["audit", "auth", "agent", "runtime", "sessions", "http", "app"],
+    ),
+    (
+        "audit",
+        &[
+            "config",
+            "workspace",
+            "auth",
+            "agent",
+            "runtime",
+            "sessions",
+            "http",
+            "app",
+        ],
+    ),
     ("auth", &["agent", "runtime", "sessions", "http", "app"]),
     (
         "agent",
@@ -46,6 +66,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "config",
             "workspace",
             "store",
+            "audit",
             "auth",
             "runtime",
             "sessions",

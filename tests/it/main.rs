@@ -17,4 +17,5 @@ mod runtime;
 mod sessions_api;
 mod store;
 mod support;
+mod tenancy;
 mod workspace_security;
