@@ -175,3 +175,42 @@ async fn sigint_is_a_clean_shutdown_too() {
     let mut server = TestServer::start("").await;
     assert_eq!(server.stop_with("-INT"), Some(0));
 }
+
+/// `config.example.yaml` documents every key with its default: loading it changes nothing, and
+/// every key the service knows is in it.
+#[test]
+fn the_example_config_holds_every_key_at_its_default() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml")).unwrap();
+    let (ok, from_example, err) = print_config(&example, &[]);
+    assert!(ok, "{err}");
+    let (ok, defaults, err) = print_config("", &[]);
+    assert!(ok, "{err}");
+    // Each ran in a folder of its own: the (absolute) data folder differs by that alone.
+    let loaded = |text: &str| {
+        let mut value: serde_json::Value = yaml_serde::from_str(text).unwrap();
+        value.as_object_mut().unwrap().remove("data_dir");
+        value
+    };
+    assert_eq!(
+        loaded(&from_example),
+        loaded(&defaults),
+        "the example sets something other than the default"
+    );
+    let example: serde_json::Value = yaml_serde::from_str(&example).unwrap();
+    let defaults: serde_json::Value = yaml_serde::from_str(&defaults).unwrap();
+    fn missing(path: &str, defaults: &serde_json::Value, example: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(keys) = defaults.as_object() {
+            for (key, value) in keys {
+                let path = format!("{path}{key}");
+                match example.get(key) {
+                    None => out.push(path),
+                    Some(inner) => missing(&format!("{path}."), value, inner, out),
+                }
+            }
+        }
+    }
+    let mut absent = Vec::new();
+    missing("", &defaults, &example, &mut absent);
+    assert!(absent.is_empty(), "config.example.yaml lacks {absent:?}");
+}
