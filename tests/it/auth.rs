@@ -329,6 +329,53 @@ async fn a_bad_credential_of_any_kind_gets_the_same_401_and_public_routes_stay_o
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(after.json::<Value>().await.unwrap(), bodies[0]);
 
+    // Every endpoint, crossed with no credential, an unknown key and a revoked one: 401, and the
+    // session they name is untouched.
+    let (status, created) = send(
+        &server,
+        &admin,
+        reqwest::Method::POST,
+        "/api/v1/sessions",
+        Some(json!({"user_id": "alice"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let session = created["session_id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/sessions/{session}");
+    let before = send(&server, &admin, reqwest::Method::GET, &path, None).await;
+    let mut endpoints = session_requests(&session);
+    endpoints.push((
+        "create",
+        reqwest::Method::POST,
+        "/api/v1/sessions".into(),
+        Some(json!({"user_id": "alice"})),
+    ));
+    endpoints.push(("list", reqwest::Method::GET, "/api/v1/sessions".into(), None));
+    endpoints.push(("keys", reqwest::Method::GET, "/api/v1/admin/keys".into(), None));
+    endpoints.push(("audit", reqwest::Method::GET, "/api/v1/admin/audit".into(), None));
+    let credentials = [
+        ("none", plain.clone()),
+        ("unknown", client_with_key(&unknown_key)),
+        ("revoked", client_with_key(&alice_key)),
+    ];
+    for (what, method, path, body) in endpoints {
+        for (credential, client) in &credentials {
+            let (status, answer) = send(&server, client, method.clone(), &path, body.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{what} with {credential}: {answer}"
+            );
+            assert_eq!(answer, bodies[0], "{what} with {credential}");
+        }
+    }
+    assert_eq!(
+        send(&server, &admin, reqwest::Method::GET, &path, None).await,
+        before
+    );
+    let (_, all) = send(&server, &admin, reqwest::Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(all, json!([session]), "no denied create made a session");
+
     // Public routes need nothing; /health tells strangers only that it lives.
     for path in ["/", "/livez", "/openapi.json", "/docs/"] {
         let response = plain.get(server.url(path)).send().await.unwrap();
