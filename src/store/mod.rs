@@ -13,6 +13,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 mod transcripts;
+mod uids;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use transcripts::{Transcript, TranscriptStore};
+pub use uids::UidStore;
 
 /// One backend seen through each of its traits: the one way the service opens its stores.
 #[derive(Clone)]
