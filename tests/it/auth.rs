@@ -11,7 +11,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::server::{client_with_key, plain_client, random_admin_key};
-use crate::support::{TestServer, expect_json};
+use crate::support::{Storage, TestServer, expect_json};
 
 /// A server that requires authentication, with a known admin key, plus `extra_yaml`.
 async fn server_with_auth(extra_yaml: &str) -> (TestServer, String) {
@@ -519,7 +519,14 @@ async fn keys_are_shown_once_listed_without_secrets_and_admin_endpoints_are_for_
 /// server honours a new key and a revocation at once.
 #[tokio::test]
 async fn keys_made_and_revoked_on_the_command_line_work_on_the_running_server() {
-    let (server, _) = server_with_auth("").await;
+    // The command line works on a store that outlives it: on a memory run, SQLite.
+    let server = TestServer::start_on(
+        Storage::durable_of_run(),
+        &[],
+        "auth:\n  mode: on\n",
+        vec![("CLAUDE_AGENT_AUTH__ADMIN_KEY".into(), random_admin_key())],
+    )
+    .await;
     let run = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_claude-agent-http"))
             .arg("--config")
@@ -527,6 +534,8 @@ async fn keys_made_and_revoked_on_the_command_line_work_on_the_running_server() 
             .args(args)
             .current_dir(server.dir())
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
+            .env_remove("CLAUDE_AGENT_TEST_STORAGE")
+            .env_remove("CLAUDE_AGENT_TEST_AUTH")
             .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run the binary");

@@ -217,6 +217,10 @@ impl TestServer {
             .env("CLAUDE_AGENT_DEFAULTS__CLI_AUTO_INSTALL", "false")
             .current_dir(dir.path())
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
+            // The test run's own switches are not the server's configuration.
+            .env_remove(STORAGE_VARIABLE)
+            .env_remove(AUTH_VARIABLE)
+            .env_remove("CLAUDE_AGENT_TEST_CLI")
             // Whatever `claude` the developer has installed is not this server's business: agent
             // servers name the pinned CLI in their config, the others must find none.
             .env("PATH", path_without_claude(dir.path()))
