@@ -325,6 +325,7 @@ fn store_error(store: &StoreError, error: &SessionError) -> ApiError {
         StoreError::Corrupt(_)
         | StoreError::Duplicate(_)
         | StoreError::Conflict(_)
+        | StoreError::InvalidArgument(_)
         | StoreError::Migrate(_) => broken,
         StoreError::LimitReached(_) => {
             return ApiError::new(S::TOO_MANY_REQUESTS, "session_limit_reached", error.to_string());

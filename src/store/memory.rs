@@ -1,14 +1,15 @@
 //! The in-process store: for development and tests; nothing survives a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, RwLock};
 
+use super::uids::UidRange;
 use super::{
     ApiKeyRecord, AuditQuery, AuditRecord, AuditStore, EventStore, Expiry, KeyStore, LimitScope, Limits,
-    SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus,
+    SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus, UidStore,
 };
 use crate::domain::{SessionId, SessionRecord, TurnId};
 
@@ -21,7 +22,16 @@ pub struct MemoryStore {
     keys: RwLock<Vec<ApiKeyRecord>>,
     /// The audit log (tied to no session).
     audit: Mutex<AuditLog>,
+    /// Users' uids (tied to no session).
+    uids: Mutex<Uids>,
     expiry: Expiry,
+}
+
+/// Each user's uid, and every uid given (to find the lowest free one).
+#[derive(Default)]
+struct Uids {
+    by_user: HashMap<String, u32>,
+    taken: BTreeSet<u32>,
 }
 
 /// The audit log in order, and the number the next record gets (never reused, even when the newest
@@ -49,6 +59,7 @@ impl MemoryStore {
                 records: Vec::new(),
                 next_id: 1,
             }),
+            uids: Mutex::new(Uids::default()),
             expiry: Expiry::new(ttl_seconds),
         }
     }
@@ -330,10 +341,12 @@ impl KeyStore for MemoryStore {
         key.check_storable()?;
         let mut keys = self.keys.write().await;
         if keys.iter().any(|k| k.id == key.id) {
-            return Err(StoreError::Conflict(format!("api key {}", key.id)));
+            return Err(StoreError::Conflict(format!("api key {} already exists", key.id)));
         }
         if keys.iter().any(|k| k.hash == key.hash) {
-            return Err(StoreError::Conflict("an api key with this hash".into()));
+            return Err(StoreError::Conflict(
+                "an api key with this hash already exists".into(),
+            ));
         }
         keys.push(key.clone());
         Ok(())
@@ -401,5 +414,35 @@ impl AuditStore for MemoryStore {
         let kept = log.records.len();
         log.records.retain(|r| r.at >= before);
         Ok((kept - log.records.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl UidStore for MemoryStore {
+    async fn uid_for(&self, user_id: &str, first: u32, count: u32) -> Result<u32, StoreError> {
+        let range = UidRange::new(first, count)?;
+        // One lock around the lookup and the allocation: the map is the single writer.
+        let mut uids = self.uids.lock().await;
+        if let Some(&uid) = uids.by_user.get(user_id) {
+            return Ok(uid);
+        }
+        // The first gap in the taken uids of the range (every `uid + 1` stays below `end`).
+        let mut free = range.first;
+        for &uid in uids.taken.range(range.first..range.end) {
+            if uid != free {
+                break;
+            }
+            free = uid + 1;
+        }
+        if free >= range.end {
+            return Err(range.used_up());
+        }
+        uids.taken.insert(free);
+        uids.by_user.insert(user_id.to_string(), free);
+        Ok(free)
+    }
+
+    async fn uid_of(&self, user_id: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self.uids.lock().await.by_user.get(user_id).copied())
     }
 }

@@ -1,7 +1,8 @@
 //! Session records at rest: `trait SessionStore` and its backends (memory, SQLite, PostgreSQL). The trait's
 //! specification is the conformance story in `tests/it/store.rs`, run against every backend. Each
 //! backend also keeps turns and events (`EventStore`), transcripts (`TranscriptStore`), API keys
-//! (`KeyStore`) and the audit log (`AuditStore`); [`Stores`] is one backend seen through all five.
+//! (`KeyStore`), the audit log (`AuditStore`) and users' uids (`UidStore`); [`Stores`] is one
+//! backend seen through all six.
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
@@ -44,20 +45,23 @@ pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: Arc<dyn AuditStore>,
+    /// Users' uids.
+    pub uids: Arc<dyn UidStore>,
 }
 
 impl Stores {
     /// Every store of one backend.
     pub fn of<T>(store: Arc<T>) -> Stores
     where
-        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore,
+        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore + UidStore,
     {
         Stores {
             sessions: store.clone(),
             events: store.clone(),
             transcripts: store.clone(),
             keys: store.clone(),
-            audit: store,
+            audit: store.clone(),
+            uids: store,
         }
     }
 }
@@ -71,9 +75,14 @@ pub enum StoreError {
     /// A session with this id already exists.
     #[error("session {0} already exists")]
     Duplicate(SessionId),
-    /// A record with this identity already exists (e.g. an API key's id or hash).
-    #[error("{0} already exists")]
+    /// The request clashes with what is stored: a record with this identity already exists (an API
+    /// key's id or hash), or a range has nothing left (no free uid). The text says which.
+    #[error("{0}")]
     Conflict(String),
+    /// The caller asked for something no store can do (e.g. an empty uid range, or one past
+    /// `u32::MAX`): a bug or a misconfiguration, refused before anything is read or written.
+    #[error("invalid store request: {0}")]
+    InvalidArgument(String),
     /// The database failed or is unreachable.
     #[error("session store error: {0}")]
     Database(#[from] sqlx::Error),

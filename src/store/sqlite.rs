@@ -1,9 +1,10 @@
 //! The embedded SQLite store (the default): one file in WAL mode, migrations compiled in. The file
-//! and its `-wal`/`-shm` are readable by the service's user only. API keys (`keys.rs`) and the
-//! audit log (`audit.rs`) are in modules of their own.
+//! and its `-wal`/`-shm` are readable by the service's user only. API keys (`keys.rs`), the
+//! audit log (`audit.rs`) and users' uids (`uids.rs`) are in modules of their own.
 
 mod audit;
 mod keys;
+mod uids;
 
 use std::fs::{OpenOptions, Permissions};
 use std::io;

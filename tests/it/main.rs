@@ -18,4 +18,5 @@ mod sessions_api;
 mod store;
 mod support;
 mod tenancy;
+mod uid_store;
 mod workspace_security;

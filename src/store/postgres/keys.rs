@@ -34,9 +34,9 @@ impl KeyStore for PostgresStore {
             // `api_keys_hash_key` (the hash's unique index) or `api_keys_pkey`.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
                 if e.constraint() == Some("api_keys_hash_key") {
-                    "an api key with this hash".into()
+                    "an api key with this hash already exists".into()
                 } else {
-                    format!("api key {}", key.id)
+                    format!("api key {} already exists", key.id)
                 },
             )),
             Err(e) => Err(e.into()),

@@ -1,8 +1,9 @@
 //! The PostgreSQL store, for several instances sharing one database: a connection pool, migrations
 //! compiled in and run at startup (sqlx holds an advisory lock while migrating, so instances
 //! starting together take turns), the session limits checked under an advisory lock, turns
-//! and events beside the sessions they belong to, and API keys and the audit log (`keys.rs`,
-//! `audit.rs`), which belong to no session.
+//! and events beside the sessions they belong to, and API keys, the audit log and users' uids
+//! (`keys.rs`, `audit.rs`, `uids.rs`, the last allocated under an advisory lock), which belong to
+//! no session.
 //!
 //! An unreachable database is an outage, not a crash: every operation waits at most
 //! [`ACQUIRE_TIMEOUT`] for a connection and then fails with a connection-type `sqlx::Error`
@@ -14,6 +15,7 @@ mod events;
 mod keys;
 mod rows;
 mod transcripts;
+mod uids;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +46,9 @@ const LOCK_SESSION_INSERT: i32 = 1;
 /// The advisory lock every audit append holds to its commit, so that audit ids increase in commit
 /// order (see `audit.rs`).
 const LOCK_AUDIT_APPEND: i32 = 2;
+/// The advisory lock every uid allocation holds to its commit, so that instances allocating at once
+/// never give one uid twice (see `uids.rs`).
+const LOCK_UID_ALLOCATE: i32 = 3;
 
 /// Where and how to connect.
 #[derive(Clone)]

@@ -101,9 +101,9 @@ impl KeyStore for SqliteStore {
             // "UNIQUE constraint failed: api_keys.hash" (or `.id`, the primary key).
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::Conflict(if e.message().contains("api_keys.hash") {
-                    "an api key with this hash".into()
+                    "an api key with this hash already exists".into()
                 } else {
-                    format!("api key {}", key.id)
+                    format!("api key {} already exists", key.id)
                 }))
             }
             Err(e) => Err(e.into()),
