@@ -124,7 +124,7 @@ pub struct IsolationConfig {
 impl Default for IsolationConfig {
     fn default() -> Self {
         IsolationConfig {
-            profile: IsolationProfile::None,
+            profile: IsolationProfile::Auto,
             uid_first: 200_000,
             uid_count: 100_000,
             pids_max: 512,

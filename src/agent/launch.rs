@@ -23,6 +23,9 @@ pub struct Identity {
     /// The user's writable trees (workspace root, CLI state), each with its path and a descriptor
     /// opened without following links: a sandbox binds the descriptor, never the path.
     pub trees: Vec<(PathBuf, OwnedFd)>,
+    /// Host files and folders the operator configured for every agent (MCP servers' programs
+    /// and scripts), shown read-only at the same path.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// What a launcher needs to start one agent process.

@@ -1092,9 +1092,27 @@ fn hand_to_user(
         tracing::error!(session.id = %record.session_id, path = %config_dir.display(), error = %e, "cannot hand the CLI state to the user's uid");
         "cannot prepare the agent's state directory".to_string()
     })?;
+    // The MCP servers' programs and scripts named by absolute path (operator configuration).
+    let read_only = shared
+        .settings
+        .mcp_servers
+        .values()
+        .flat_map(|server| {
+            let command = server["command"].as_str().into_iter();
+            let args = server["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str());
+            command.chain(args).map(str::to_string).collect::<Vec<_>>()
+        })
+        .map(std::path::PathBuf::from)
+        .filter(|path| path.is_absolute())
+        .collect();
     Ok(crate::agent::Identity {
         uid,
         gid,
+        read_only,
         trees: vec![
             (shared.workspaces.path_of(&record.user_id, None), home),
             (config_dir.to_path_buf(), state),

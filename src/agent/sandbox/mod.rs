@@ -129,6 +129,21 @@ impl SandboxLauncher {
                 });
             }
         }
+        // Skipped where the system binds already show them (`/bin/true` is `/usr/bin/true`).
+        let covered = |path: &Path| {
+            self.system.iter().any(|b| path.starts_with(&b.target))
+                || self.symlinks.iter().any(|(link, _)| path.starts_with(link))
+        };
+        for path in &identity.read_only {
+            if path.is_absolute() && path.exists() && !covered(path) {
+                binds.push(Bind {
+                    source: Source::Path(path.clone()),
+                    target: path.clone(),
+                    writable: false,
+                    exec: true,
+                });
+            }
+        }
         let mut user: Vec<Bind> = identity
             .trees
             .iter()
