@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use crate::agent::{DirectLauncher, Inherited, cli, tree};
+use crate::agent::sandbox::{SandboxLauncher, SandboxSettings};
+use crate::agent::{DirectLauncher, Inherited, Launcher, cli, tree};
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimits};
-use crate::config::{AuthMode, Config, StorageKind};
+use crate::config::{AuthMode, Config, IsolationProfile, StorageKind};
+use crate::http::health::IsolationHealth;
 use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
-use crate::runtime::{CliState, Runtime, RuntimeSettings};
+use crate::runtime::{CliState, Isolation, LocalUids, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
 use crate::store::{Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores};
 use crate::workspace::Workspaces;
@@ -47,6 +49,9 @@ pub enum StartupError {
     /// Authentication is misconfigured, or missing where it is needed.
     #[error("{0}")]
     Auth(String),
+    /// The isolation profile asked for cannot be had on this host.
+    #[error("isolation.profile: {0}")]
+    Isolation(String),
 }
 
 /// A built service, bound and ready to serve.
@@ -92,15 +97,19 @@ impl App {
         let mode = auth_mode(&config, &listener)?;
         let audit = AuditLog::new(stores.audit.clone());
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
+        let (launcher, isolation, isolation_health) = choose_isolation(&config)?;
+        let mut settings = runtime_settings(&config, Inherited::from_service_environment());
+        settings.isolation = isolation;
         let runtime = Arc::new(Runtime::new(
-            runtime_settings(&config, Inherited::from_service_environment()),
+            settings,
             stores.sessions.clone(),
             workspaces.clone(),
-            Arc::new(DirectLauncher),
+            launcher,
             stores.events.clone(),
             stores.transcripts.clone(),
             audit.clone(),
         ));
+        let isolation_health = check_cgroups(&config, &runtime, isolation_health)?;
         runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {
             tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
@@ -142,6 +151,7 @@ impl App {
             started: Instant::now(),
             storage_type: config.session.storage.as_str(),
             keepalive: Duration::from_secs(config.api.keepalive_seconds),
+            isolation: isolation_health,
         };
         let router = http::router(state, &config);
         let bound = listener
@@ -363,6 +373,131 @@ fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
         mcp_servers: config.mcp_servers.clone(),
         inherited,
         use_cgroups: true,
+        isolation: None,
+    }
+}
+
+/// The launcher, the runtime's isolation settings and what `/health` shows.
+type ChosenIsolation = (Arc<dyn Launcher>, Option<Isolation>, IsolationHealth);
+
+/// Picks the launcher from `isolation.profile` and what the host offers: `strict` refuses to start
+/// where anything is missing, `auto` takes strict where the sandbox itself works (cgroups are
+/// checked once the runtime opened them), `none` runs agents as the service's user. The effective
+/// profile and what is missing are logged, loudly below strict.
+fn choose_isolation(config: &Config) -> Result<ChosenIsolation, StartupError> {
+    let requested = config.isolation.profile;
+    let helper =
+        std::env::current_exe().map_err(|e| StartupError::Isolation(format!("cannot find this binary: {e}")));
+    let missing = match &helper {
+        Ok(helper) => crate::agent::sandbox::probe(helper),
+        Err(e) => vec![e.to_string()],
+    };
+    let strict = match requested {
+        IsolationProfile::None => false,
+        IsolationProfile::Auto => missing.is_empty(),
+        IsolationProfile::Strict if missing.is_empty() => true,
+        IsolationProfile::Strict => {
+            return Err(StartupError::Isolation(format!(
+                "strict needs what this host lacks: {}",
+                missing.join("; ")
+            )));
+        }
+    };
+    let health = IsolationHealth {
+        profile: if strict { "strict" } else { "none" },
+        missing: missing.clone(),
+    };
+    if !strict {
+        if requested == IsolationProfile::None {
+            tracing::warn!(
+                missing = ?missing,
+                "ISOLATION PROFILE none: every agent runs as the service's own user and can read and \
+                 change other users' files and the service's data"
+            );
+        } else {
+            tracing::error!(
+                missing = ?missing,
+                "ISOLATION PROFILE none (auto): this host lacks what the strict profile needs; every \
+                 agent runs as the service's own user"
+            );
+        }
+        return Ok((Arc::new(DirectLauncher), None, health));
+    }
+    let helper = helper?;
+    let run = config.data_dir.join("run");
+    crate::workspace::create_private_dir(&run)
+        .map_err(|e| StartupError::Isolation(format!("{}: {e}", run.display())))?;
+    let tmp_mb = match config.isolation.memory_max_mb {
+        0 => 1024,
+        mb => (mb / 2).clamp(64, 4096),
+    };
+    let launcher = SandboxLauncher::new(SandboxSettings {
+        helper,
+        staging: run.join("sandbox-root"),
+        relay_socket: run.join("relay.sock"),
+        tmp_mb,
+    })
+    .map_err(|e| StartupError::Isolation(format!("cannot prepare the sandbox: {e}")))?;
+    harden_service_dirs(config);
+    let iso = &config.isolation;
+    let isolation = Isolation {
+        // TODO(store uids): the store's own UidStore once its backends keep users' uids.
+        uids: Arc::new(LocalUids::default()),
+        uid_first: iso.uid_first,
+        uid_count: iso.uid_count,
+        limits: crate::agent::cgroup::CgroupLimits {
+            pids_max: iso.pids_max,
+            memory_max_bytes: iso.memory_max_mb * 1024 * 1024,
+            cpu_percent: iso.cpu_percent,
+        },
+    };
+    Ok((Arc::new(launcher), Some(isolation), health))
+}
+
+/// Strict needs a cgroup per session for its limits: refused when asked for by name, reported
+/// (loudly) under `auto`.
+fn check_cgroups(
+    config: &Config,
+    runtime: &Runtime,
+    mut health: IsolationHealth,
+) -> Result<IsolationHealth, StartupError> {
+    if health.profile == "strict" && !runtime.has_cgroups() {
+        if config.isolation.profile == IsolationProfile::Strict {
+            return Err(StartupError::Isolation(
+                "strict needs cgroups (v2, or v1 pids and memory) for each session's limits".into(),
+            ));
+        }
+        health
+            .missing
+            .push("cgroups (sessions run without pids, memory and cpu limits)".into());
+    }
+    if health.profile == "strict" {
+        if health.missing.is_empty() {
+            tracing::info!("isolation profile strict: each user's agents run as their own uid in a sandbox");
+        } else {
+            tracing::warn!(missing = ?health.missing, "isolation profile strict, WITHOUT some of its parts");
+        }
+    }
+    Ok(health)
+}
+
+/// Users' agents must not be able to write the service's own folders (they never see them inside
+/// a sandbox; this holds on the host too): no group or other write on the data and base dirs.
+fn harden_service_dirs(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [
+        config.data_dir.clone(),
+        config.base_dir(),
+        crate::runtime::agents_root(&config.data_dir),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && meta.permissions().mode() & 0o022 != 0
+        {
+            let mode = meta.permissions().mode() & 0o7755;
+            if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot make the folder unwritable by others");
+            }
+        }
     }
 }
 

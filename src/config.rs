@@ -86,6 +86,52 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// How agents are isolated from each other and from the host.
+    pub isolation: IsolationConfig,
+}
+
+/// How strongly agents are isolated (`isolation.profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationProfile {
+    /// The strongest this host supports (strict where it can, else none, loudly).
+    Auto,
+    /// Each CLI as its user's own uid, in its own namespaces, under Landlock and seccomp, in a
+    /// limited cgroup; refuses to start where the host lacks any part.
+    Strict,
+    /// Every CLI as the service's own user (no isolation between users).
+    None,
+}
+
+/// The `isolation` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// `auto`, `strict` or `none`.
+    pub profile: IsolationProfile,
+    /// The first uid (and gid) users' agents run as.
+    pub uid_first: u32,
+    /// How many uids the range holds (one per user, kept in the store).
+    pub uid_count: u32,
+    /// Processes and threads per session (cgroup `pids.max`; 0: no limit).
+    pub pids_max: u32,
+    /// Memory per session, MiB (0: no limit).
+    pub memory_max_mb: u64,
+    /// CPU per session, percent of one CPU (0: no limit).
+    pub cpu_percent: u32,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            profile: IsolationProfile::Auto,
+            uid_first: 200_000,
+            uid_count: 100_000,
+            pids_max: 512,
+            memory_max_mb: 4096,
+            cpu_percent: 100,
+        }
+    }
 }
 
 /// Whether requests must authenticate.
@@ -311,6 +357,7 @@ impl Default for Config {
             plugins: Vec::new(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            isolation: IsolationConfig::default(),
         }
     }
 }
@@ -740,7 +787,48 @@ impl Config {
         if self.session.storage == StorageKind::Postgresql {
             self.validate_postgresql()?;
         }
+        self.validate_isolation()?;
         self.validate_auth()
+    }
+
+    /// The `isolation` keys: a uid range that is neither root's nor wrapping, limits the CLI can
+    /// live with.
+    fn validate_isolation(&self) -> Result<(), (&'static str, String)> {
+        let iso = &self.isolation;
+        if iso.uid_first < 1000 {
+            return Err((
+                "isolation.uid_first",
+                "must be at least 1000 (clear of system accounts and root)".into(),
+            ));
+        }
+        if iso.uid_count == 0 {
+            return Err(("isolation.uid_count", "must be at least 1".into()));
+        }
+        if u64::from(iso.uid_first) + u64::from(iso.uid_count) > u64::from(u32::MAX - 1) {
+            return Err((
+                "isolation.uid_count",
+                "uid_first + uid_count must stay below 4294967295".into(),
+            ));
+        }
+        if iso.pids_max != 0 && iso.pids_max < 64 {
+            return Err((
+                "isolation.pids_max",
+                "must be at least 64 (the CLI alone runs dozens of threads), or 0 for no limit".into(),
+            ));
+        }
+        if iso.memory_max_mb != 0 && iso.memory_max_mb < 256 {
+            return Err((
+                "isolation.memory_max_mb",
+                "must be at least 256 (the CLI needs ~200 MiB), or 0 for no limit".into(),
+            ));
+        }
+        if iso.cpu_percent > 100 * 1024 {
+            return Err((
+                "isolation.cpu_percent",
+                "must be at most 102400 (1024 CPUs)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The `auth` keys: a usable admin key, a complete JWT setup, a rate with a burst.
@@ -1045,7 +1133,7 @@ fn apply_env(
 }
 
 /// The sections whose keys `CLAUDE_AGENT_<SECTION>__<KEY>` sets.
-const SECTIONS: &[&str] = &["user", "session", "api", "defaults", "auth", "audit"];
+const SECTIONS: &[&str] = &["user", "session", "api", "defaults", "auth", "audit", "isolation"];
 
 /// Variables with the prefix that are not configuration: the marker every agent process carries
 /// (`agent::tree::SESSION_MARKER`), inherited by a service started from inside a session.

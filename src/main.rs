@@ -80,6 +80,11 @@ enum KeysAction {
 }
 
 fn main() -> ExitCode {
+    // The sandbox launcher (the service re-executing itself per agent): no config, no logging.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(claude_agent_http::agent::sandbox::SUBCOMMAND) {
+        claude_agent_http::agent::sandbox::helper_main(&args[1..]);
+    }
     claude_agent_http::tls::install_crypto_provider();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { port_file: None });

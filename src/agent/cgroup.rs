@@ -264,7 +264,64 @@ fn read_memory(dir: &Path) -> u64 {
         .unwrap_or_default()
 }
 
+/// Resource limits of one session's cgroup (0: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// Processes and threads (`pids.max`).
+    pub pids_max: u32,
+    /// Memory, bytes (`memory.max`; v1 `memory.limit_in_bytes`).
+    pub memory_max_bytes: u64,
+    /// CPU, percent of one CPU (`cpu.max`; v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`).
+    pub cpu_percent: u32,
+}
+
+/// The CFS period the CPU limit is expressed in (µs).
+const CPU_PERIOD_US: u64 = 100_000;
+
 impl SessionCgroup {
+    /// Applies `limits` (before anything joins). A limit whose controller this host lacks is an
+    /// error: the caller promised it.
+    pub fn limit(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let write = |dir: &Path, file: &str, value: String| -> Result<(), CgroupError> {
+            let path = dir.join(file);
+            fs::write(&path, value).map_err(io_error("write", &path))
+        };
+        let controller = |name: &str| -> Result<&Path, CgroupError> {
+            match self.version {
+                CgroupVersion::V2 => self.dirs.first().map(PathBuf::as_path),
+                CgroupVersion::V1 => self
+                    .dirs
+                    .iter()
+                    .find(|d| d.starts_with(Path::new(CGROUP_MOUNT).join(name)))
+                    .map(PathBuf::as_path),
+            }
+            .ok_or(CgroupError::Unavailable)
+        };
+        let v2 = self.version == CgroupVersion::V2;
+        if limits.pids_max > 0 {
+            write(controller("pids")?, "pids.max", limits.pids_max.to_string())?;
+        }
+        if limits.memory_max_bytes > 0 {
+            let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+            write(controller("memory")?, file, limits.memory_max_bytes.to_string())?;
+            if v2 {
+                // No swapping around the limit.
+                let _ = write(controller("memory")?, "memory.swap.max", "0".into());
+            }
+        }
+        if limits.cpu_percent > 0 {
+            let quota = CPU_PERIOD_US * u64::from(limits.cpu_percent) / 100;
+            let dir = controller("cpu")?;
+            if v2 {
+                write(dir, "cpu.max", format!("{quota} {CPU_PERIOD_US}"))?;
+            } else {
+                write(dir, "cpu.cfs_period_us", CPU_PERIOD_US.to_string())?;
+                write(dir, "cpu.cfs_quota_us", quota.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Open `cgroup.procs` files for the child to write itself into between fork and exec (so it
     /// is a member before it can start anything).
     pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {

@@ -12,9 +12,10 @@ pub mod launch;
 pub mod policy;
 pub mod process;
 pub mod protocol;
+pub mod sandbox;
 pub mod tracker;
 pub mod tree;
 
 pub use command::{Inherited, SpawnSpec};
-pub use launch::{DirectLauncher, Launcher};
+pub use launch::{DirectLauncher, Identity, Launcher};
 pub use process::{AgentProcess, ExitInfo, Output};

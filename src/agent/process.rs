@@ -90,12 +90,15 @@ impl AgentProcess {
         spec: &SpawnSpec,
         cwd_dir: std::os::fd::OwnedFd,
         cgroup: Option<SessionCgroup>,
+        identity: Option<super::launch::Identity>,
         coalesce: Duration,
     ) -> Result<Self, LaunchError> {
         let mut child = launcher.launch(Launch {
             command: spec.command_line(),
+            cwd: spec.cwd.clone(),
             cwd_dir,
             cgroup: cgroup.as_ref(),
+            identity,
         })?;
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take().expect("piped stdin");

@@ -36,6 +36,17 @@ pub struct HealthDetails {
     pub uptime_seconds: f64,
     /// The Claude Code CLI the agents run.
     pub agent_cli: AgentCliHealth,
+    /// How agents are isolated.
+    pub isolation: IsolationHealth,
+}
+
+/// The isolation profile in effect, as `/health` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IsolationHealth {
+    /// `strict` or `none`.
+    pub profile: &'static str,
+    /// What this host lacks for the strict profile (empty: nothing).
+    pub missing: Vec<String>,
 }
 
 /// The Claude Code CLI, as `/health` shows it.
@@ -108,6 +119,7 @@ pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> (Statu
         memory_mb: (memory as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         storage_type: state.storage_type,
         uptime_seconds: (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        isolation: state.isolation.clone(),
         agent_cli: AgentCliHealth {
             credentials: if state.sessions.runtime().has_model_credentials() {
                 "configured"

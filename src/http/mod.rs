@@ -47,6 +47,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Requests per second per user principal.
     pub rate: Arc<RateLimits>,
+    /// The isolation profile in effect, for `/health`.
+    pub isolation: health::IsolationHealth,
 }
 
 impl AppState {

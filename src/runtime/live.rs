@@ -514,27 +514,49 @@ impl LiveSession {
             CliState::Missing(why) => return Err(StartFailure::Unavailable(why)),
         };
         self.restore_transcript().await;
+        let uid = match &self.shared.settings.isolation {
+            Some(isolation) => Some(
+                isolation
+                    .uids
+                    .uid_for(&self.record.user_id, isolation.uid_first, isolation.uid_count)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(session.id = %self.id(), error = %e, "no uid for the session's user");
+                        StartFailure::Unavailable(
+                            "no operating-system identity for this user; the service log says why".into(),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         let shared = self.shared.clone();
         let record = self.record.clone();
         // Directory checks, the MCP file and the cgroup are file system work: off the workers.
-        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version))
+        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version, uid))
             .await
             .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
-        let (spec, cwd_dir, cgroup) = prepared.map_err(StartFailure::Unavailable)?;
+        let (spec, cwd_dir, cgroup, identity) = prepared.map_err(StartFailure::Unavailable)?;
         if spec.resume {
             tracing::debug!(session.id = %self.id(), "resuming the agent's transcript");
         }
         // Spawned from this task (a worker thread), never from a blocking thread: see launch.rs.
         let features = spec.features;
         let coalesce = self.shared.settings.stream_coalesce;
-        AgentProcess::spawn(self.shared.launcher.as_ref(), &spec, cwd_dir, cgroup, coalesce)
-            .map(|process| (process, features))
-            .map_err(|e| {
-                tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
-                StartFailure::Unavailable(
-                    "the Claude Code CLI could not be started; the service log says why".into(),
-                )
-            })
+        AgentProcess::spawn(
+            self.shared.launcher.as_ref(),
+            &spec,
+            cwd_dir,
+            cgroup,
+            identity,
+            coalesce,
+        )
+        .map(|process| (process, features))
+        .map_err(|e| {
+            tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
+            StartFailure::Unavailable(
+                "the Claude Code CLI could not be started; the service log says why".into(),
+            )
+        })
     }
 
     async fn on_output(&mut self, output: Option<Output>) {
@@ -949,11 +971,13 @@ pub(super) fn prepare(
     record: &SessionRecord,
     cli: std::path::PathBuf,
     cli_version: Option<String>,
+    uid: Option<u32>,
 ) -> Result<
     (
         SpawnSpec,
         std::os::fd::OwnedFd,
         Option<crate::agent::cgroup::SessionCgroup>,
+        Option<crate::agent::Identity>,
     ),
     String,
 > {
@@ -1004,6 +1028,16 @@ pub(super) fn prepare(
         },
         None => None,
     };
+    let identity = match uid {
+        Some(uid) => Some(hand_to_user(shared, record, &config_dir, uid)?),
+        None => None,
+    };
+    if let (Some(isolation), Some(cgroup)) = (&settings.isolation, &cgroup) {
+        cgroup.limit(&isolation.limits).map_err(|e| {
+            tracing::error!(session.id = %record.session_id, error = %e, "cannot limit the session's cgroup");
+            "cannot limit the agent's resources".to_string()
+        })?;
+    }
     let mut env = settings.inherited.env.clone();
     env.extend(settings.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = SpawnSpec {
@@ -1022,7 +1056,68 @@ pub(super) fn prepare(
         marker: true,
         features,
     };
-    Ok((spec, cwd_dir, cgroup))
+    Ok((spec, cwd_dir, cgroup, identity))
+}
+
+/// Hands the user's workspace (root down to the session's directory) and CLI state to `uid` (the
+/// gid is the same number), and opens both trees by descriptor for the sandbox.
+fn hand_to_user(
+    shared: &Shared,
+    record: &SessionRecord,
+    config_dir: &std::path::Path,
+    uid: u32,
+) -> Result<crate::agent::Identity, String> {
+    let gid = uid;
+    let home = shared
+        .workspaces
+        .own(&record.user_id, record.subdir.as_deref(), uid, gid)
+        .map_err(|e| {
+            tracing::error!(session.id = %record.session_id, error = %e, "cannot hand the workspace to the user's uid");
+            "cannot prepare the session's working directory".to_string()
+        })?;
+    let state = rustix::fs::open(
+        config_dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|fd| {
+        // The CLI state is small and the service writes into it (restored transcripts, the MCP
+        // file): everything in it is handed over at every start.
+        let walk = rustix::fs::openat(&fd, ".", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+        crate::workspace::owner::own_tree(walk, uid, gid)?;
+        Ok(fd)
+    })
+    .map_err(|e| {
+        tracing::error!(session.id = %record.session_id, path = %config_dir.display(), error = %e, "cannot hand the CLI state to the user's uid");
+        "cannot prepare the agent's state directory".to_string()
+    })?;
+    // The MCP servers' programs and scripts named by absolute path (operator configuration).
+    let read_only = shared
+        .settings
+        .mcp_servers
+        .values()
+        .flat_map(|server| {
+            let command = server["command"].as_str().into_iter();
+            let args = server["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str());
+            command.chain(args).map(str::to_string).collect::<Vec<_>>()
+        })
+        .map(std::path::PathBuf::from)
+        .filter(|path| path.is_absolute())
+        .collect();
+    Ok(crate::agent::Identity {
+        uid,
+        gid,
+        read_only,
+        trees: vec![
+            (shared.workspaces.path_of(&record.user_id, None), home),
+            (config_dir.to_path_buf(), state),
+        ],
+    })
 }
 
 /// Writes `saved` to its file under `config_dir` unless the file already has as many lines; true

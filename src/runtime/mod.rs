@@ -7,6 +7,9 @@
 
 mod live;
 pub mod stream;
+mod uids;
+
+pub use uids::LocalUids;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +28,7 @@ use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
 use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
 use crate::audit::AuditLog;
 use crate::domain::{Caller, SessionId, SessionRecord};
-use crate::store::{EventStore, SessionStore, TranscriptStore};
+use crate::store::{EventStore, SessionStore, TranscriptStore, UidStore};
 use crate::workspace::Workspaces;
 
 /// Commands a live session may have waiting; a caller beyond this waits its turn.
@@ -71,6 +74,32 @@ pub struct RuntimeSettings {
     pub inherited: Inherited,
     /// Use a cgroup per session where the host allows it.
     pub use_cgroups: bool,
+    /// Per-user uids and limits (the strict profile), or none.
+    pub isolation: Option<Isolation>,
+}
+
+/// Users isolated from each other (the strict profile): each user's CLI runs as a uid of its own,
+/// in a cgroup with these limits.
+#[derive(Clone)]
+pub struct Isolation {
+    /// Where users' uids are kept.
+    pub uids: Arc<dyn UidStore>,
+    /// The first uid of the range.
+    pub uid_first: u32,
+    /// How many uids the range holds.
+    pub uid_count: u32,
+    /// Each session's cgroup limits.
+    pub limits: crate::agent::cgroup::CgroupLimits,
+}
+
+impl std::fmt::Debug for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Isolation")
+            .field("uid_first", &self.uid_first)
+            .field("uid_count", &self.uid_count)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// Where the runtime stands with the Claude Code CLI.
@@ -579,8 +608,17 @@ impl Shared {
         record: &SessionRecord,
         cli: PathBuf,
         version: Option<String>,
-    ) -> Result<(SpawnSpec, std::os::fd::OwnedFd, Option<SessionCgroup>), String> {
-        live::prepare(self, record, cli, version)
+        uid: Option<u32>,
+    ) -> Result<
+        (
+            SpawnSpec,
+            std::os::fd::OwnedFd,
+            Option<SessionCgroup>,
+            Option<crate::agent::Identity>,
+        ),
+        String,
+    > {
+        live::prepare(self, record, cli, version, uid)
     }
 
     async fn memory_bytes(&self) -> u64 {

@@ -5,6 +5,7 @@
 //! umask. It must not know about sessions or HTTP.
 
 mod names;
+pub mod owner;
 
 use std::fs::Permissions;
 use std::io;
@@ -128,6 +129,37 @@ impl Workspaces {
             return Err(WorkspaceError::Missing(components.join("/")));
         }
         Ok(dir)
+    }
+
+    /// Hands a user's workspace to `uid:gid` (strict isolation): the whole tree once, when its
+    /// root is not the uid's yet; then each directory from the root down to `subdir` (created by
+    /// the service since). Returns the root's descriptor (for a sandbox to bind).
+    pub fn own(
+        &self,
+        user_id: &str,
+        subdir: Option<&str>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<OwnedFd, WorkspaceError> {
+        let components = Self::components(user_id, subdir)?;
+        let (base, found) = self.walk(&[])?;
+        debug_assert_eq!(found, 0);
+        let root = self.open_component(&base, components[0], &components[..1])?;
+        let io = |e: io::Error| WorkspaceError::Io {
+            path: self.base.join(user_id).display().to_string(),
+            source: e,
+        };
+        if !owner::owned_by(&root, uid).map_err(io)? {
+            let again = self.open_component(&base, components[0], &components[..1])?;
+            owner::own_tree(again, uid, gid).map_err(io)?;
+        }
+        owner::own_dir(&root, uid, gid).map_err(io)?;
+        let mut dir = self.open_component(&base, components[0], &components[..1])?;
+        for (index, component) in components.iter().enumerate().skip(1) {
+            dir = self.open_component(&dir, component, &components[..=index])?;
+            owner::own_dir(&dir, uid, gid).map_err(io)?;
+        }
+        Ok(root)
     }
 
     fn components<'a>(user_id: &'a str, subdir: Option<&'a str>) -> Result<Vec<&'a str>, WorkspaceError> {

@@ -20,6 +20,19 @@ pub const STORAGE_VARIABLE: &str = "CLAUDE_AGENT_TEST_STORAGE";
 /// `on`: every story's server requires authentication, and the test support authenticates.
 pub const AUTH_VARIABLE: &str = "CLAUDE_AGENT_TEST_AUTH";
 
+/// `strict`, `none` or `auto`: the isolation profile of every story's server (unset: the
+/// service's default). A story that names `isolation:` itself keeps its own.
+pub const ISOLATION_VARIABLE: &str = "CLAUDE_AGENT_TEST_ISOLATION";
+
+/// The isolation profile this run's servers use, if the run names one.
+pub fn isolation_of_run() -> Option<String> {
+    match std::env::var(ISOLATION_VARIABLE).as_deref() {
+        Err(_) | Ok("") => None,
+        Ok(profile @ ("strict" | "none" | "auto")) => Some(profile.to_string()),
+        Ok(other) => panic!("{ISOLATION_VARIABLE}={other}: expected strict, none or auto"),
+    }
+}
+
 /// Whether this run's servers require authentication.
 pub fn auth_of_run() -> bool {
     match std::env::var(AUTH_VARIABLE).as_deref() {
@@ -153,6 +166,15 @@ impl TestServer {
         if auth_of_run() && !auth_named {
             env.push(("CLAUDE_AGENT_AUTH__MODE".into(), "on".into()));
             env.push(("CLAUDE_AGENT_AUTH__ADMIN_KEY".into(), random_admin_key()));
+        }
+        let isolation_named = extra_yaml.contains("isolation:")
+            || env
+                .iter()
+                .any(|(key, _)| key.starts_with("CLAUDE_AGENT_ISOLATION"));
+        if let Some(profile) = isolation_of_run()
+            && !isolation_named
+        {
+            env.push(("CLAUDE_AGENT_ISOLATION__PROFILE".into(), profile));
         }
         let mut database = None;
         if !named {
