@@ -16,9 +16,11 @@ use crate::config::{AuthMode, Config, IsolationProfile, StorageKind};
 use crate::http::health::IsolationHealth;
 use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
-use crate::runtime::{CliState, Isolation, LocalUids, Runtime, RuntimeSettings};
+use crate::runtime::{CliState, Isolation, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
-use crate::store::{Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores};
+use crate::store::{
+    Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores, UidStore,
+};
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -97,7 +99,7 @@ impl App {
         let mode = auth_mode(&config, &listener)?;
         let audit = AuditLog::new(stores.audit.clone());
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
-        let (launcher, isolation, isolation_health) = choose_isolation(&config)?;
+        let (launcher, isolation, isolation_health) = choose_isolation(&config, stores.uids.clone())?;
         let mut settings = runtime_settings(&config, Inherited::from_service_environment());
         settings.isolation = isolation;
         let runtime = Arc::new(Runtime::new(
@@ -384,7 +386,7 @@ type ChosenIsolation = (Arc<dyn Launcher>, Option<Isolation>, IsolationHealth);
 /// where anything is missing, `auto` takes strict where the sandbox itself works (cgroups are
 /// checked once the runtime opened them), `none` runs agents as the service's user. The effective
 /// profile and what is missing are logged, loudly below strict.
-fn choose_isolation(config: &Config) -> Result<ChosenIsolation, StartupError> {
+fn choose_isolation(config: &Config, uids: Arc<dyn UidStore>) -> Result<ChosenIsolation, StartupError> {
     let requested = config.isolation.profile;
     let helper =
         std::env::current_exe().map_err(|e| StartupError::Isolation(format!("cannot find this binary: {e}")));
@@ -441,8 +443,8 @@ fn choose_isolation(config: &Config) -> Result<ChosenIsolation, StartupError> {
     harden_service_dirs(config);
     let iso = &config.isolation;
     let isolation = Isolation {
-        // TODO(store uids): the store's own UidStore once its backends keep users' uids.
-        uids: Arc::new(LocalUids::default()),
+        // Kept in the store: the same after a restart and on every instance sharing it.
+        uids,
         uid_first: iso.uid_first,
         uid_count: iso.uid_count,
         limits: crate::agent::cgroup::CgroupLimits {

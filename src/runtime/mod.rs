@@ -7,9 +7,6 @@
 
 mod live;
 pub mod stream;
-mod uids;
-
-pub use uids::LocalUids;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
