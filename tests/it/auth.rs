@@ -536,6 +536,7 @@ async fn keys_made_and_revoked_on_the_command_line_work_on_the_running_server() 
             .env_remove("CLAUDE_AGENT_SESSION_STORAGE")
             .env_remove("CLAUDE_AGENT_TEST_STORAGE")
             .env_remove("CLAUDE_AGENT_TEST_AUTH")
+            .env_remove("CLAUDE_AGENT_TEST_ISOLATION")
             .envs(server.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run the binary");

@@ -242,6 +242,7 @@ impl TestServer {
             // The test run's own switches are not the server's configuration.
             .env_remove(STORAGE_VARIABLE)
             .env_remove(AUTH_VARIABLE)
+            .env_remove(ISOLATION_VARIABLE)
             .env_remove("CLAUDE_AGENT_TEST_CLI")
             // Whatever `claude` the developer has installed is not this server's business: agent
             // servers name the pinned CLI in their config, the others must find none.
