@@ -14,6 +14,7 @@ use crate::auth::{Authenticator, RateLimits};
 use crate::config::{AuthMode, Config, StorageKind};
 use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
+use crate::relay::{DEFAULT_UPSTREAM, Relay, RelayError, RelaySettings, UpstreamCredential};
 use crate::runtime::{CliState, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
 use crate::store::{Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores};
@@ -47,6 +48,9 @@ pub enum StartupError {
     /// Authentication is misconfigured, or missing where it is needed.
     #[error("{0}")]
     Auth(String),
+    /// The model relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 /// A built service, bound and ready to serve.
@@ -92,14 +96,17 @@ impl App {
         let mode = auth_mode(&config, &listener)?;
         let audit = AuditLog::new(stores.audit.clone());
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
+        let inherited = Inherited::from_service_environment();
+        let relay = Relay::start(relay_settings(&config, &inherited)).await?;
         let runtime = Arc::new(Runtime::new(
-            runtime_settings(&config, Inherited::from_service_environment()),
+            runtime_settings(&config, inherited),
             stores.sessions.clone(),
             workspaces.clone(),
             Arc::new(DirectLauncher),
             stores.events.clone(),
             stores.transcripts.clone(),
             audit.clone(),
+            relay,
         ));
         runtime.recover_interrupted_turns().await?;
         if !runtime.has_cgroups() {
@@ -340,6 +347,26 @@ fn postgres_settings(config: &Config) -> PostgresSettings {
         password: session.pg_password.clone(),
         pool_size: session.pg_pool_size,
         ttl_seconds: session.ttl,
+    }
+}
+
+/// The relay's settings: the model API's address and credential from the service's environment,
+/// else from `defaults.env` (variable by variable), else Anthropic's API.
+fn relay_settings(config: &Config, inherited: &Inherited) -> RelaySettings {
+    let value = |name: &str| {
+        inherited
+            .model_api_value(name)
+            .or_else(|| config.defaults.env.get(name).map(String::as_str))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    RelaySettings {
+        upstream: value("ANTHROPIC_BASE_URL").unwrap_or_else(|| DEFAULT_UPSTREAM.to_string()),
+        credential: UpstreamCredential {
+            api_key: value("ANTHROPIC_API_KEY"),
+            auth_token: value("ANTHROPIC_AUTH_TOKEN"),
+        },
+        run_dir: config.data_dir.join("run"),
     }
 }
 

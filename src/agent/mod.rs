@@ -15,6 +15,6 @@ pub mod protocol;
 pub mod tracker;
 pub mod tree;
 
-pub use command::{Inherited, SpawnSpec};
+pub use command::{Inherited, ModelAccess, SpawnSpec};
 pub use launch::{DirectLauncher, Launcher};
 pub use process::{AgentProcess, ExitInfo, Output};
