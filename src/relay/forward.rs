@@ -44,6 +44,7 @@ const NOT_FORWARDED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "expect",
     "host",
     "content-length",
     "x-api-key",

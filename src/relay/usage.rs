@@ -73,6 +73,18 @@ pub(super) enum UsageScan {
     Opaque,
 }
 
+/// The `event:` line of the event being read, as far as usage goes.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum EventName {
+    /// None yet (the data says what it is).
+    #[default]
+    Unnamed,
+    /// `message_start` or `message_delta`: carries usage.
+    Usage,
+    /// Any other event.
+    Other,
+}
+
 /// What a streamed answer has reported so far, and the line being read.
 #[derive(Default)]
 pub(super) struct StreamScan {
@@ -80,7 +92,7 @@ pub(super) struct StreamScan {
     /// The current line grew past [`MAX_LINE`]: skip to its end.
     skipping: bool,
     /// The `event:` of the event being read.
-    event: Option<String>,
+    event: EventName,
     usage: TokenUsage,
     model: Option<String>,
 }
@@ -173,14 +185,18 @@ impl StreamScan {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             // The end of an event.
-            self.event = None;
+            self.event = EventName::Unnamed;
         } else if let Some(name) = line.strip_prefix(b"event:") {
-            self.event = Some(String::from_utf8_lossy(name).trim().to_string());
+            self.event = match name.trim_ascii() {
+                b"message_start" | b"message_delta" => EventName::Usage,
+                _ => EventName::Other,
+            };
         } else if let Some(data) = line.strip_prefix(b"data:") {
-            let wanted = match self.event.as_deref() {
-                Some(name) => matches!(name, "message_start" | "message_delta"),
+            let wanted = match self.event {
+                EventName::Usage => true,
+                EventName::Other => false,
                 // No `event:` line: look inside the data when it may hold usage.
-                None => contains(data, b"\"usage\""),
+                EventName::Unnamed => contains(data, b"\"usage\""),
             };
             if wanted {
                 self.data(data);
