@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claude_agent_http::agent::command::{CliFeatures, SpawnSpec};
+use claude_agent_http::agent::command::{CliFeatures, ModelAccess, SpawnSpec};
 use claude_agent_http::agent::{cli, protocol, tree};
 use claude_agent_http::config::Config;
 use claude_agent_http::domain::{SessionId, TurnId};
@@ -823,10 +823,11 @@ impl Bare {
                 // What the test servers' `defaults.env` gives their agents.
                 ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
             ],
-            credentials: vec![
-                ("ANTHROPIC_BASE_URL".into(), model.base_url()),
-                ("ANTHROPIC_API_KEY".into(), "sk-test-stand-in".into()),
-            ],
+            // The bare CLI talks to the stand-in directly (the service's CLIs go through its relay).
+            model: ModelAccess {
+                base_url: model.base_url(),
+                token: Some("sk-test-stand-in".into()),
+            },
             marker: false,
             features: CliFeatures::of(cli_version().as_deref()),
         };

@@ -16,6 +16,7 @@ use crate::config::{AuthMode, Config, IsolationProfile, StorageKind};
 use crate::http::health::IsolationHealth;
 use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
+use crate::relay::{DEFAULT_UPSTREAM, Relay, RelayError, RelaySettings, UpstreamCredential};
 use crate::runtime::{CliState, Isolation, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
 use crate::store::{
@@ -54,6 +55,9 @@ pub enum StartupError {
     /// The isolation profile asked for cannot be had on this host.
     #[error("isolation.profile: {0}")]
     Isolation(String),
+    /// The model relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 /// A built service, bound and ready to serve.
@@ -100,7 +104,9 @@ impl App {
         let audit = AuditLog::new(stores.audit.clone());
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
         let (launcher, isolation, isolation_health) = choose_isolation(&config, stores.uids.clone())?;
-        let mut settings = runtime_settings(&config, Inherited::from_service_environment());
+        let inherited = Inherited::from_service_environment();
+        let relay = Relay::start(relay_settings(&config, &inherited)).await?;
+        let mut settings = runtime_settings(&config, inherited);
         settings.isolation = isolation;
         let runtime = Arc::new(Runtime::new(
             settings,
@@ -110,6 +116,7 @@ impl App {
             stores.events.clone(),
             stores.transcripts.clone(),
             audit.clone(),
+            relay,
         ));
         let isolation_health = check_cgroups(&config, &runtime, isolation_health)?;
         runtime.recover_interrupted_turns().await?;
@@ -352,6 +359,26 @@ fn postgres_settings(config: &Config) -> PostgresSettings {
         password: session.pg_password.clone(),
         pool_size: session.pg_pool_size,
         ttl_seconds: session.ttl,
+    }
+}
+
+/// The relay's settings: the model API's address and credential from the service's environment,
+/// else from `defaults.env` (variable by variable), else Anthropic's API.
+fn relay_settings(config: &Config, inherited: &Inherited) -> RelaySettings {
+    let value = |name: &str| {
+        inherited
+            .model_api_value(name)
+            .or_else(|| config.defaults.env.get(name).map(String::as_str))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    RelaySettings {
+        upstream: value("ANTHROPIC_BASE_URL").unwrap_or_else(|| DEFAULT_UPSTREAM.to_string()),
+        credential: UpstreamCredential {
+            api_key: value("ANTHROPIC_API_KEY"),
+            auth_token: value("ANTHROPIC_AUTH_TOKEN"),
+        },
+        run_dir: config.data_dir.join("run"),
     }
 }
 

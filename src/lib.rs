@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod relay;
 pub mod runtime;
 pub mod sessions;
 pub mod store;

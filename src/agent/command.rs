@@ -1,7 +1,9 @@
 //! What the CLI is started with: a `SpawnSpec` (everything the session decides) becomes a program,
-//! its arguments and its whole environment. Credentials and inherited variables are inputs of
-//! the spec, captured once at startup by the caller; nothing here reads the service's own
-//! environment, so what an agent sees is exactly what the spec says.
+//! its arguments and its whole environment. Inherited variables are inputs of the spec, captured
+//! once at startup by the caller; nothing here reads the service's own environment, so what an
+//! agent sees is exactly what the spec says. The model API's variables come only from the spec's
+//! `ModelAccess` (the service's relay and a token of the process's own): the real credential
+//! never reaches an agent, whatever the inherited variables or `defaults.env` hold.
 
 use std::path::PathBuf;
 
@@ -13,7 +15,8 @@ use crate::domain::{AgentOptions, PermissionMode, SessionId};
 /// value is the session id (the best-effort way to find a session's processes without cgroups).
 pub const SESSION_MARKER: &str = "CLAUDE_AGENT_HTTP_SESSION";
 
-/// Variables of the service's environment an agent may inherit (locale and search path).
+/// Variables of the service's environment an agent may inherit (locale, search path, the model
+/// the CLI defaults to).
 const INHERITED: &[&str] = &[
     "PATH",
     "LANG",
@@ -22,22 +25,31 @@ const INHERITED: &[&str] = &[
     "LC_CTYPE",
     "LC_MESSAGES",
     "TZ",
-];
-/// Variables that carry the model API's address and credentials.
-const CREDENTIALS: &[&str] = &[
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
     "ANTHROPIC_MODEL",
 ];
 
+/// The variables that carry the model API's address and credential. The service reads them for
+/// its relay; a CLI never gets them from the service's environment or `defaults.env`, only the
+/// relay's address and a token of its own ([`ModelAccess`]).
+pub const MODEL_API: &[&str] = &["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"];
+
 /// What the agents inherit from the service, read once at startup.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Inherited {
-    /// Locale and `PATH`.
+    /// Locale, `PATH` and `ANTHROPIC_MODEL`: passed to every agent.
     pub env: Vec<(String, String)>,
-    /// The model API's address and credentials.
-    pub credentials: Vec<(String, String)>,
+    /// The model API's address and credential ([`MODEL_API`]): for the relay, never for an agent.
+    pub model_api: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.model_api.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Inherited")
+            .field("env", &self.env)
+            .field("model_api", &names)
+            .finish()
+    }
 }
 
 impl Inherited {
@@ -52,15 +64,35 @@ impl Inherited {
         };
         Inherited {
             env: read(INHERITED),
-            credentials: read(CREDENTIALS),
+            model_api: read(MODEL_API),
         }
     }
 
-    /// Whether any way to reach the model is configured (a key, a token, or a gateway URL).
-    pub fn has_model_credentials(&self) -> bool {
-        self.credentials
+    /// The value of one of the [`MODEL_API`] variables, if the service has it.
+    pub fn model_api_value(&self, name: &str) -> Option<&str> {
+        self.model_api
             .iter()
-            .any(|(k, _)| k == "ANTHROPIC_API_KEY" || k == "ANTHROPIC_AUTH_TOKEN")
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a CLI reaches the model: the service's relay, and the token that opens it to this process
+/// (none when the service has no credential: the CLI then says it is not logged in).
+#[derive(Clone)]
+pub struct ModelAccess {
+    /// The relay's address (`ANTHROPIC_BASE_URL`).
+    pub base_url: String,
+    /// The process's own relay token (`ANTHROPIC_API_KEY`).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ModelAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelAccess")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -129,10 +161,11 @@ pub struct SpawnSpec {
     pub mcp_config: Option<PathBuf>,
     /// The CLI's per-user runtime directory (`XDG_RUNTIME_DIR`: its messaging socket).
     pub runtime_dir: PathBuf,
-    /// Variables inherited from the service and `defaults.env`.
+    /// Variables inherited from the service and `defaults.env` (any [`MODEL_API`] variable among
+    /// them is dropped).
     pub env: Vec<(String, String)>,
-    /// The model API's address and credentials.
-    pub credentials: Vec<(String, String)>,
+    /// How the CLI reaches the model (the only source of its [`MODEL_API`] variables).
+    pub model: ModelAccess,
     /// Carry the session marker.
     pub marker: bool,
     /// What the CLI understands.
@@ -158,12 +191,20 @@ pub fn mcp_config_json(servers: &Map<String, Value>) -> String {
 impl SpawnSpec {
     /// The command that starts the CLI for this spec.
     pub fn command_line(&self) -> CommandLine {
-        let mut env = self.env.clone();
-        env.extend(self.credentials.iter().cloned());
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !MODEL_API.contains(&k.as_str()))
+            .cloned()
+            .collect();
         let mut set = |key: &str, value: String| {
             env.retain(|(k, _)| k != key);
             env.push((key.to_string(), value));
         };
+        set("ANTHROPIC_BASE_URL", self.model.base_url.clone());
+        if let Some(token) = &self.model.token {
+            set("ANTHROPIC_API_KEY", token.clone());
+        }
         set("CLAUDE_CONFIG_DIR", self.config_dir.display().to_string());
         set("HOME", self.home.display().to_string());
         set("PWD", self.cwd.display().to_string());
@@ -287,8 +328,14 @@ mod tests {
             env: vec![
                 ("PATH".into(), "/usr/bin".into()),
                 ("HOME".into(), "/root".into()),
+                ("ANTHROPIC_API_KEY".into(), "sk-real".into()),
+                ("ANTHROPIC_AUTH_TOKEN".into(), "real-token".into()),
+                ("ANTHROPIC_BASE_URL".into(), "https://upstream.example".into()),
             ],
-            credentials: vec![("ANTHROPIC_API_KEY".into(), "k".into())],
+            model: ModelAccess {
+                base_url: "http://127.0.0.1:9".into(),
+                token: Some("cah_relay_k".into()),
+            },
             marker: false,
             runtime_dir: "/c/run".into(),
             features: CliFeatures::of(Some("2.1.332")),
@@ -335,9 +382,22 @@ mod tests {
             vec!["/h"],
             "the spec's HOME replaces an inherited one"
         );
-        assert_eq!(get("ANTHROPIC_API_KEY"), vec!["k"]);
+        assert_eq!(
+            get("ANTHROPIC_API_KEY"),
+            vec!["cah_relay_k"],
+            "the relay token, never the real key"
+        );
+        assert_eq!(get("ANTHROPIC_BASE_URL"), vec!["http://127.0.0.1:9"]);
+        assert!(get("ANTHROPIC_AUTH_TOKEN").is_empty());
         assert_eq!(get("CLAUDE_CODE_RESUME_INTERRUPTED_TURN"), vec!["0"]);
         assert!(get(SESSION_MARKER).is_empty());
+        let mut without = spec(AgentOptions::default());
+        without.model.token = None;
+        let without = without.command_line();
+        assert!(
+            !without.env.iter().any(|(k, _)| k == "ANTHROPIC_API_KEY"),
+            "no token, no key at all"
+        );
         let mut old = spec(AgentOptions::default());
         old.features = CliFeatures::of(Some("2.1.197"));
         let old = old.command_line();

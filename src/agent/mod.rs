@@ -16,6 +16,6 @@ pub mod sandbox;
 pub mod tracker;
 pub mod tree;
 
-pub use command::{Inherited, SpawnSpec};
+pub use command::{Inherited, ModelAccess, SpawnSpec};
 pub use launch::{DirectLauncher, Identity, Launcher};
 pub use process::{AgentProcess, ExitInfo, Output};

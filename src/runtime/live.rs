@@ -20,8 +20,9 @@ use crate::agent::policy::Policy;
 use crate::agent::process::{has_transcript, session_files};
 use crate::agent::protocol::{self, AgentMessage};
 use crate::agent::tracker::TurnTracker;
-use crate::agent::{AgentProcess, ExitInfo, Output, SpawnSpec};
+use crate::agent::{AgentProcess, ExitInfo, ModelAccess, Output, SpawnSpec};
 use crate::domain::{Caller, SessionEvent, SessionId, SessionRecord, TurnErrorCode, TurnEvent, TurnId};
+use crate::relay::RelayToken;
 use crate::store::{TurnRecord, TurnStatus};
 
 /// How long an interrupted CLI gets to end its turn before it is killed.
@@ -127,7 +128,7 @@ pub(super) struct LiveSession {
     status: Arc<LiveStatus>,
     policy: Policy,
     internal_tx: mpsc::UnboundedSender<Internal>,
-    process: Option<AgentProcess>,
+    process: Option<Agent>,
     /// An admission request is in flight.
     starting: bool,
     /// The start slot, held until the CLI has answered `initialize` (starting is what is costly).
@@ -486,7 +487,7 @@ impl LiveSession {
         request
     }
 
-    async fn spawn_process(&mut self) -> Result<(AgentProcess, CliFeatures), StartFailure> {
+    async fn spawn_process(&mut self) -> Result<(Agent, CliFeatures), StartFailure> {
         // A session deleted while its start was queued must never get a process.
         match self.shared.store.get(self.id()).await {
             Ok(Some(_)) => {}
@@ -529,12 +530,19 @@ impl LiveSession {
             ),
             None => None,
         };
+        // The process's own relay token: revoked when the process is gone (or never started).
+        let relay = &self.shared.relay;
+        let token = relay
+            .has_credential()
+            .then(|| relay.issue(self.id(), &self.record.user_id));
+        let secret = token.as_ref().map(|t| t.secret().to_string());
         let shared = self.shared.clone();
         let record = self.record.clone();
         // Directory checks, the MCP file and the cgroup are file system work: off the workers.
-        let prepared = tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version, uid))
-            .await
-            .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
+        let prepared =
+            tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version, uid, secret))
+                .await
+                .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
         let (spec, cwd_dir, cgroup, identity) = prepared.map_err(StartFailure::Unavailable)?;
         if spec.resume {
             tracing::debug!(session.id = %self.id(), "resuming the agent's transcript");
@@ -550,7 +558,13 @@ impl LiveSession {
             identity,
             coalesce,
         )
-        .map(|process| (process, features))
+        .map(|process| {
+            let agent = Agent {
+                process,
+                _token: token,
+            };
+            (agent, features)
+        })
         .map_err(|e| {
             tracing::error!(session.id = %self.id(), error = %e, "cannot start the agent");
             StartFailure::Unavailable(
@@ -958,6 +972,43 @@ impl LiveSession {
     }
 }
 
+/// A running CLI process and the relay token it was given: the token lives exactly as long as the
+/// process, so however the process ends (stopped, killed, exited, or the actor dropped) its token
+/// is revoked with it.
+struct Agent {
+    process: AgentProcess,
+    /// Dropped after the process (fields drop in order): revoked once nothing of it runs.
+    _token: Option<RelayToken>,
+}
+
+impl Agent {
+    /// Stops the CLI gracefully; then its token is revoked.
+    async fn stop(self, grace: Duration) {
+        let Agent { process, _token } = self;
+        process.stop(grace).await;
+    }
+
+    /// Kills the CLI and everything it started; then its token is revoked.
+    async fn kill(self) {
+        let Agent { process, _token } = self;
+        process.kill().await;
+    }
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentProcess;
+
+    fn deref(&self) -> &AgentProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut AgentProcess {
+        &mut self.process
+    }
+}
+
 enum StartFailure {
     /// The session no longer exists.
     Gone,
@@ -972,6 +1023,7 @@ pub(super) fn prepare(
     cli: std::path::PathBuf,
     cli_version: Option<String>,
     uid: Option<u32>,
+    token: Option<String>,
 ) -> Result<
     (
         SpawnSpec,
@@ -1051,7 +1103,10 @@ pub(super) fn prepare(
         mcp_config,
         runtime_dir,
         env,
-        credentials: settings.inherited.credentials.clone(),
+        model: ModelAccess {
+            base_url: shared.relay.base_url().to_string(),
+            token,
+        },
         // Always set: with a cgroup it only helps people (and tests) find a session's processes.
         marker: true,
         features,
@@ -1204,7 +1259,7 @@ fn note_unusual(session: SessionId, value: &serde_json::Value) {
     }
 }
 
-async fn next_output(process: &mut Option<AgentProcess>) -> Option<Output> {
+async fn next_output(process: &mut Option<Agent>) -> Option<Output> {
     match process {
         Some(process) => process.next_output().await,
         None => std::future::pending().await,

@@ -25,6 +25,7 @@ use crate::agent::cgroup::{CgroupRoot, SessionCgroup};
 use crate::agent::{Inherited, Launcher, SpawnSpec, tree};
 use crate::audit::AuditLog;
 use crate::domain::{Caller, SessionId, SessionRecord};
+use crate::relay::Relay;
 use crate::store::{EventStore, SessionStore, TranscriptStore, UidStore};
 use crate::workspace::Workspaces;
 
@@ -67,7 +68,8 @@ pub struct RuntimeSettings {
     pub extra_env: BTreeMap<String, String>,
     /// The MCP servers every agent gets (with their secrets; never stored).
     pub mcp_servers: Map<String, Value>,
-    /// What agents inherit from the service's environment.
+    /// What agents inherit from the service's environment (their model API variables excepted:
+    /// those come from the relay).
     pub inherited: Inherited,
     /// Use a cgroup per session where the host allows it.
     pub use_cgroups: bool,
@@ -190,6 +192,8 @@ pub(crate) struct Shared {
     starts: Arc<Semaphore>,
     user_turns: Arc<UserTurns>,
     audit: AuditLog,
+    /// The model relay: each CLI process gets a token of its own, live as long as the process.
+    relay: Relay,
     closing: AtomicBool,
     epoch: Instant,
 }
@@ -248,7 +252,8 @@ pub struct Runtime {
 
 impl Runtime {
     /// A runtime with no live session yet. Opens this instance's cgroups (killing what a dead
-    /// predecessor on the same data left in them).
+    /// predecessor on the same data left in them). Its CLIs reach the model through `relay`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: RuntimeSettings,
         store: Arc<dyn SessionStore>,
@@ -257,6 +262,7 @@ impl Runtime {
         events: Arc<dyn EventStore>,
         transcripts: Arc<dyn TranscriptStore>,
         audit: AuditLog,
+        relay: Relay,
     ) -> Runtime {
         let cgroups = if settings.use_cgroups {
             match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
@@ -297,6 +303,7 @@ impl Runtime {
                 starts,
                 user_turns,
                 audit,
+                relay,
                 closing: AtomicBool::new(false),
                 epoch: Instant::now(),
             }),
@@ -444,15 +451,11 @@ impl Runtime {
         }
     }
 
-    /// Whether agents get model API credentials (a key or token in the service's environment or
-    /// `defaults.env`); without them every turn fails with `credentials_missing`.
+    /// Whether agents can reach the model: the relay has a real credential (a key or token in the
+    /// service's environment or `defaults.env`); without one every turn fails with
+    /// `credentials_missing`.
     pub fn has_model_credentials(&self) -> bool {
-        let settings = &self.shared.settings;
-        settings.inherited.has_model_credentials()
-            || settings
-                .extra_env
-                .keys()
-                .any(|k| k == "ANTHROPIC_API_KEY" || k == "ANTHROPIC_AUTH_TOKEN")
+        self.shared.relay.has_credential()
     }
 
     /// Whether the runtime is shutting down.
@@ -606,6 +609,7 @@ impl Shared {
         cli: PathBuf,
         version: Option<String>,
         uid: Option<u32>,
+        token: Option<String>,
     ) -> Result<
         (
             SpawnSpec,
@@ -615,7 +619,7 @@ impl Shared {
         ),
         String,
     > {
-        live::prepare(self, record, cli, version, uid)
+        live::prepare(self, record, cli, version, uid, token)
     }
 
     async fn memory_bytes(&self) -> u64 {

@@ -16,6 +16,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "audit",
             "auth",
             "agent",
+            "relay",
             "runtime",
             "sessions",
             "http",
@@ -30,6 +31,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "audit",
             "auth",
             "agent",
+            "relay",
             "runtime",
             "sessions",
             "http",
@@ -39,12 +41,14 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "workspace",
         &[
-            "store", "audit", "auth", "agent", "runtime", "sessions", "http", "app",
+            "store", "audit", "auth", "agent", "relay", "runtime", "sessions", "http", "app",
         ],
     ),
     (
         "store",
-        &["audit", "auth", "agent", "runtime", "sessions", "http", "app"],
+        &[
+            "audit", "auth", "agent", "relay", "runtime", "sessions", "http", "app",
+        ],
     ),
     (
         "audit",
@@ -53,13 +57,14 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "workspace",
             "auth",
             "agent",
+            "relay",
             "runtime",
             "sessions",
             "http",
             "app",
         ],
     ),
-    ("auth", &["agent", "runtime", "sessions", "http", "app"]),
+    ("auth", &["agent", "relay", "runtime", "sessions", "http", "app"]),
     (
         "agent",
         &[
@@ -68,11 +73,18 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "store",
             "audit",
             "auth",
+            "relay",
             "runtime",
             "sessions",
             "http",
             "app",
         ],
+    ),
+    // The relay holds the model credential and meters usage; it knows no session's life, process
+    // or HTTP route of the service (the runtime asks it for tokens, app.rs wires it).
+    (
+        "relay",
+        &["workspace", "auth", "agent", "runtime", "sessions", "http", "app"],
     ),
     ("runtime", &["config", "auth", "sessions", "http", "app"]),
     ("sessions", &["config", "auth", "agent", "http", "app"]),

@@ -14,6 +14,7 @@ mod layering;
 mod lifecycle;
 mod options;
 mod pg_outage;
+mod relay;
 mod runtime;
 mod sessions_api;
 mod store;

@@ -10,6 +10,10 @@
 //! - `system <marker>`: answer `system: <characters in the system prompt> chars, marker <yes|no>`.
 //! - `model`: answer `model: <the model the request named>`.
 //! - anything else: answer `echo: <text>`.
+//!
+//! Every answer reports the same usage ([`INPUT_TOKENS`] and the others), and every request that
+//! reaches it is noted ([`ModelStandIn::seen`]): its method, path and credential headers, so a story
+//! can tell what a relay in front of it let through and with which key.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,11 +24,29 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{head, post};
 use serde_json::{Value, json};
+
+/// The usage every answer reports: `message_start` carries the input and cache counts (and one
+/// output token), `message_delta` the final output count.
+pub const INPUT_TOKENS: u64 = 10;
+pub const CACHE_WRITE_TOKENS: u64 = 20;
+pub const CACHE_READ_TOKENS: u64 = 300;
+pub const OUTPUT_TOKENS: u64 = 5;
+
+/// A request that reached the stand-in.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    /// The path with its query.
+    pub target: String,
+    pub api_key: Option<String>,
+    pub authorization: Option<String>,
+}
 
 /// A running stand-in.
 pub struct ModelStandIn {
@@ -35,6 +57,7 @@ pub struct ModelStandIn {
 #[derive(Default)]
 struct StandInState {
     requests: AtomicU64,
+    seen: Mutex<Vec<SeenRequest>>,
     /// Tool calls issued and not yet followed up, with the count of user texts when issued.
     issued: Mutex<HashMap<String, usize>>,
 }
@@ -49,6 +72,9 @@ impl ModelStandIn {
                 head(|| async { StatusCode::OK }).get(|| async { StatusCode::OK }),
             )
             .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(axum::middleware::from_fn_with_state(state.clone(), note))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -67,6 +93,44 @@ impl ModelStandIn {
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
     }
+
+    /// Every request that reached it, whatever its path, oldest first.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.state.seen.lock().expect("seen lock").clone()
+    }
+}
+
+/// Notes every request that arrives (a layer over every route, unknown paths included).
+async fn note(State(state): State<Arc<StandInState>>, request: Request, next: Next) -> Response {
+    let seen = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        SeenRequest {
+            method: request.method().to_string(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().path().to_string(), |p| p.to_string()),
+            api_key: header("x-api-key"),
+            authorization: header("authorization"),
+        }
+    };
+    state.seen.lock().expect("seen lock").push(seen);
+    next.run(request).await
+}
+
+/// `count_tokens`: the input tokens of any request.
+async fn count_tokens() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"input_tokens": INPUT_TOKENS}).to_string(),
+    )
+        .into_response()
 }
 
 /// The user's own texts (not the CLI's `<system-reminder>` blocks), oldest first.
@@ -226,7 +290,8 @@ async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Respon
         yield Ok::<_, Infallible>(sse("message_start", json!({"message": {
             "id": "msg_standin", "type": "message", "role": "assistant", "model": "stand-in",
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 10, "output_tokens": 1}}})));
+            "usage": {"input_tokens": INPUT_TOKENS, "cache_creation_input_tokens": CACHE_WRITE_TOKENS,
+                "cache_read_input_tokens": CACHE_READ_TOKENS, "output_tokens": 1}}})));
         let stop_reason = match step {
             Step::Tool(id, name, input) => {
                 yield Ok(sse("content_block_start", json!({"index": 0, "content_block": {
@@ -259,7 +324,7 @@ async fn messages(State(state): State<Arc<StandInState>>, body: Bytes) -> Respon
             }
             Step::Fail(_) => unreachable!("answered above"),
         };
-        yield Ok(sse("message_delta", json!({"delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": 5}})));
+        yield Ok(sse("message_delta", json!({"delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": OUTPUT_TOKENS}})));
         yield Ok(sse("message_stop", json!({})));
     };
     Response::builder()

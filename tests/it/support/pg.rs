@@ -208,9 +208,7 @@ impl PrivateCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let port = listener.local_addr().expect("port").port();
-        drop(listener);
+        let port = port_outside_the_ephemeral_range();
         let mut cluster = PrivateCluster {
             dir,
             port,
@@ -308,6 +306,26 @@ impl Drop for PrivateCluster {
 
 /// The PostgreSQL server programs: the newest `/usr/lib/postgresql/<version>/bin` (Debian's
 /// layout, where they are not on `PATH`), else `PATH`.
+/// A free loopback port below the kernel's ephemeral range (`ip_local_port_range`, from 32768 by
+/// default): while the cluster is stopped, no `bind(0)` of another test (a server, a relay, a model
+/// stand-in) can take its port, so it can start again on the same one.
+fn port_outside_the_ephemeral_range() -> u16 {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20000.min(ephemeral_from.saturating_sub(2000));
+    let span = ephemeral_from.saturating_sub(low).max(1);
+    let seed = std::process::id() as u64 ^ uuid::Uuid::new_v4().as_u128() as u64;
+    for attempt in 0..200u64 {
+        let port = low + ((seed.wrapping_add(attempt * 7919)) % u64::from(span)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_from}");
+}
+
 fn bin(program: &str) -> PathBuf {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()

@@ -66,6 +66,26 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// A process's environment, `NAME=value` each (empty once it is gone).
+pub fn environ(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of one variable in a process's environment.
+pub fn env_var(pid: u32, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    environ(pid)
+        .into_iter()
+        .find_map(|v| v.strip_prefix(&prefix).map(str::to_string))
+}
+
 /// Whether a process's environment holds exactly `variable` (`NAME=value`).
 fn has_env(pid: u32, variable: &str) -> bool {
     fs::read(format!("/proc/{pid}/environ"))

@@ -1,0 +1,382 @@
+//! The model relay: the only holder of the model API's credential. Every CLI gets a random token
+//! of its own and an `ANTHROPIC_BASE_URL` that reaches this relay; the relay takes a request only
+//! with a live token, only on the Messages API paths the CLI uses, swaps the token for the real
+//! credential, forwards the request to the configured upstream and streams the answer back as it
+//! comes. On the way through it reads each answer's usage and records one [`RelayRecord`] per
+//! request (session, user, model, tokens, status, duration): the place where usage is metered.
+//!
+//! It listens on two endpoints at once, serving the same router: a loopback TCP port (the base URL
+//! every CLI is given) and a unix socket at `<data_dir>/run/relay.sock` (for sandboxed CLIs, which
+//! reach it only where it is bound into their namespace). Tokens live in memory only: a token lives
+//! as long as the [`RelayToken`] value the runtime keeps beside the CLI process it was given to.
+//!
+//! It knows nothing of sessions' lives, processes or the service's HTTP API.
+
+mod forward;
+mod usage;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::domain::SessionId;
+pub use usage::{RelayRecord, TokenUsage};
+
+/// What every token starts with, so a leaked one is recognisable (and never taken for a real key).
+pub const TOKEN_PREFIX: &str = "cah_relay_";
+
+/// Anthropic's API, the upstream when the service names none.
+pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
+
+/// The socket's file name under the run directory.
+const SOCKET_NAME: &str = "relay.sock";
+
+/// Records kept for inspection (the newest ones).
+const RECENT_RECORDS: usize = 256;
+
+/// How long connecting to the upstream may take (streams themselves have no time limit).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The real credential the relay puts on forwarded requests.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UpstreamCredential {
+    /// `ANTHROPIC_API_KEY`, sent as `x-api-key`.
+    pub api_key: Option<String>,
+    /// `ANTHROPIC_AUTH_TOKEN`, sent as `Authorization: Bearer`.
+    pub auth_token: Option<String>,
+}
+
+impl UpstreamCredential {
+    /// Whether there is anything to send.
+    pub fn is_present(&self) -> bool {
+        self.api_key.is_some() || self.auth_token.is_some()
+    }
+}
+
+impl std::fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("UpstreamCredential")
+            .field("api_key", &shown(&self.api_key))
+            .field("auth_token", &shown(&self.auth_token))
+            .finish()
+    }
+}
+
+/// What the relay needs to start.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The Messages API it forwards to (the service's `ANTHROPIC_BASE_URL`, else Anthropic's).
+    pub upstream: String,
+    /// The real credential.
+    pub credential: UpstreamCredential,
+    /// Where the unix socket goes (`<data_dir>/run`; created 0711).
+    pub run_dir: PathBuf,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The upstream is not an http(s) URL.
+    #[error("the model API address {0:?} is not an http(s) URL")]
+    Upstream(String),
+    /// A listener or its directory could not be set up.
+    #[error("the model relay cannot listen on {what}: {source}")]
+    Listen {
+        /// The address or path.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("the model relay's HTTP client: {0}")]
+    Client(String),
+}
+
+/// Who a live token was issued to.
+#[derive(Debug, Clone)]
+struct Grant {
+    session: SessionId,
+    user_id: String,
+}
+
+/// Live tokens, by the SHA-256 of the token (a lookup never compares secrets byte by byte).
+type Tokens = Mutex<HashMap<[u8; 32], Grant>>;
+
+/// The relay: its listeners run in the background; clones share everything.
+#[derive(Clone)]
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+/// What the relay's handlers and its handle share.
+struct Shared {
+    tokens: Arc<Tokens>,
+    upstream: reqwest::Url,
+    credential: UpstreamCredential,
+    client: reqwest::Client,
+    records: Records,
+    base_url: String,
+    socket_path: PathBuf,
+}
+
+/// Where usage records go: counted, logged, and the newest kept. (Their store comes next.)
+#[derive(Default)]
+struct Records {
+    seen: AtomicU64,
+    recent: Mutex<VecDeque<RelayRecord>>,
+}
+
+impl Records {
+    fn push(&self, record: RelayRecord) {
+        tracing::debug!(
+            session.id = %record.session_id,
+            user.id = %record.user_id,
+            relay.path = %record.path,
+            relay.model = record.model.as_deref().unwrap_or(""),
+            relay.status = record.status,
+            relay.duration_ms = record.duration_ms,
+            usage.input_tokens = record.usage.input_tokens,
+            usage.output_tokens = record.usage.output_tokens,
+            usage.cache_read_tokens = record.usage.cache_read_tokens,
+            usage.cache_write_tokens = record.usage.cache_write_tokens,
+            "model request relayed"
+        );
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_RECORDS {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+        drop(recent);
+        self.seen.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A token given to one CLI process. It is live until it is dropped or revoked: keep it exactly
+/// as long as the process it was given to.
+pub struct RelayToken {
+    secret: String,
+    key: [u8; 32],
+    tokens: Weak<Tokens>,
+}
+
+impl RelayToken {
+    /// The token, for the CLI's `ANTHROPIC_API_KEY`.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    fn revoke(&self) {
+        if let Some(tokens) = self.tokens.upgrade() {
+            tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        }
+    }
+}
+
+impl Drop for RelayToken {
+    fn drop(&mut self) {
+        self.revoke();
+    }
+}
+
+impl std::fmt::Debug for RelayToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayToken(<redacted>)")
+    }
+}
+
+impl Relay {
+    /// Binds both endpoints (127.0.0.1 on a free port, and the unix socket) and serves them in the
+    /// background.
+    pub async fn start(settings: RelaySettings) -> Result<Relay, RelayError> {
+        let upstream = reqwest::Url::parse(settings.upstream.trim_end_matches('/'))
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            .ok_or_else(|| RelayError::Upstream(settings.upstream.clone()))?;
+        crate::tls::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // Answers pass through as they are: a redirect is the client's business.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| RelayError::Client(e.to_string()))?;
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|source| RelayError::Listen {
+                what: "127.0.0.1:0".into(),
+                source,
+            })?;
+        let addr: SocketAddr = tcp.local_addr().map_err(|source| RelayError::Listen {
+            what: "127.0.0.1:0".into(),
+            source,
+        })?;
+        let socket_path = settings.run_dir.join(SOCKET_NAME);
+        let unix = bind_socket(&settings.run_dir, &socket_path).map_err(|source| RelayError::Listen {
+            what: socket_path.display().to_string(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            tokens: Arc::default(),
+            upstream,
+            credential: settings.credential,
+            client,
+            records: Records::default(),
+            base_url: format!("http://{addr}"),
+            socket_path,
+        });
+        let router = forward::router(shared.clone());
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |stream: &mut tokio::net::TcpStream| {
+            // Streamed answers go out event by event, never held back for a fuller segment.
+            let _ = stream.set_nodelay(true);
+        });
+        let served = router.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, served).await {
+                tracing::error!(error = %e, "the model relay stopped listening on its port");
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(unix, router).await {
+                tracing::error!(error = %e, "the model relay stopped listening on its socket");
+            }
+        });
+        tracing::info!(
+            relay.listen = %addr,
+            relay.socket = %shared.socket_path.display(),
+            relay.upstream = %shared.upstream,
+            "the model relay is listening"
+        );
+        Ok(Relay { shared })
+    }
+
+    /// The `ANTHROPIC_BASE_URL` a CLI is given: `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    /// The unix socket serving the same relay (`<data_dir>/run/relay.sock`).
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.socket_path
+    }
+
+    /// Whether the service has a real credential to forward with (else no token is worth issuing).
+    pub fn has_credential(&self) -> bool {
+        self.shared.credential.is_present()
+    }
+
+    /// A new token for one CLI process of `session`, live until it is dropped or revoked.
+    pub fn issue(&self, session: SessionId, user_id: &str) -> RelayToken {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source works");
+        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+        let key = token_key(&secret);
+        let grant = Grant {
+            session,
+            user_id: user_id.to_string(),
+        };
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, grant);
+        RelayToken {
+            secret,
+            key,
+            tokens: Arc::downgrade(&self.shared.tokens),
+        }
+    }
+
+    /// Makes `token` useless at once (dropping it does the same).
+    pub fn revoke(&self, token: &RelayToken) {
+        token.revoke();
+    }
+
+    /// How many tokens are live.
+    pub fn live_tokens(&self) -> usize {
+        self.shared.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// How many requests have been relayed (and recorded) since the start.
+    pub fn records_seen(&self) -> u64 {
+        self.shared.records.seen.load(Ordering::Acquire)
+    }
+
+    /// The newest usage records, oldest first.
+    pub fn recent_records(&self) -> Vec<RelayRecord> {
+        let recent = self
+            .shared
+            .records
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
+    }
+}
+
+impl Shared {
+    /// Who a presented token was issued to, if it is live.
+    fn grant(&self, token: &str) -> Option<Grant> {
+        let key = token_key(token);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Creates the run directory (0711: others may pass through to the socket, not list it) and binds
+/// the socket (0666: CLIs of other uids reach it only where it is bound in; they still need a
+/// token), replacing one a previous instance left behind.
+fn bind_socket(run_dir: &Path, socket: &Path) -> io::Result<tokio::net::UnixListener> {
+    if let Some(parent) = run_dir.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(run_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(run_dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            run_dir.display()
+        )));
+    }
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))?;
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(socket)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{} exists and is not a socket",
+                socket.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
