@@ -118,6 +118,14 @@ fn v2_mount() -> Option<PathBuf> {
     .find(|dir| dir.join("cgroup.controllers").is_file())
 }
 
+/// Whether `own` is the root of a cgroup namespace rather than of the host: a container's own
+/// cgroup namespace (Docker's default on cgroup v2) shows its cgroup as the mount's root (`0::/`),
+/// but it is an ordinary cgroup, bound by the no-internal-processes rule, and only non-root
+/// cgroups have `cgroup.type`.
+fn is_namespace_root(own: &Path, mount: &Path) -> bool {
+    own == mount && own.join("cgroup.type").is_file()
+}
+
 fn v2_has_controllers(mount: &Path) -> bool {
     fs::read_to_string(mount.join("cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids" || c == "memory"))
@@ -136,11 +144,23 @@ impl CgroupRoot {
         let own = mount.join(own_path("").unwrap_or_default());
         // A v2 cgroup with processes cannot give controllers to children ("no internal
         // processes"): outside the root, the service moves itself into a leaf first.
-        if own != mount {
+        let namespace_root = is_namespace_root(&own, mount);
+        if own != mount || namespace_root {
             let leaf = own.join("service");
             fs::create_dir_all(&leaf).map_err(io_error("create", &leaf))?;
             let procs = leaf.join("cgroup.procs");
             fs::write(&procs, std::process::id().to_string()).map_err(io_error("join", &procs))?;
+            if namespace_root {
+                // A container's cgroup: everything in it moves along (its init, when that is not
+                // the service; `docker exec` then joins the init's cgroup). Best effort: a process
+                // may be gone already.
+                for pid in fs::read_to_string(own.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let _ = fs::write(&procs, pid.trim());
+                }
+            }
         }
         let instance_dir = own.join(instance);
         fs::create_dir_all(&instance_dir).map_err(io_error("create", &instance_dir))?;
@@ -438,6 +458,20 @@ mod tests {
         assert_eq!(a, instance_key(Path::new("/var/lib/a")));
         assert_ne!(a, instance_key(Path::new("/var/lib/b")));
         assert!(a.starts_with("claude-agent-http-"));
+    }
+
+    /// The host's root cgroup has no `cgroup.type`; a container's namespace root (a cgroup of the
+    /// host seen as `/`) has one, and so does any cgroup below the mount.
+    #[test]
+    fn a_namespace_root_is_told_from_the_hosts_root() {
+        let mount = tempfile::tempdir().unwrap();
+        assert!(!is_namespace_root(mount.path(), mount.path()));
+        std::fs::write(mount.path().join("cgroup.type"), "domain\n").unwrap();
+        assert!(is_namespace_root(mount.path(), mount.path()));
+        let below = mount.path().join("system.slice");
+        std::fs::create_dir(&below).unwrap();
+        std::fs::write(below.join("cgroup.type"), "domain\n").unwrap();
+        assert!(!is_namespace_root(&below, mount.path()));
     }
 
     /// On a host with cgroups (CI has v1), a detached process that left its parent is still a

@@ -4,6 +4,7 @@ mod audit_store;
 mod auth;
 mod chat;
 mod config;
+mod docker;
 mod escape;
 mod event_store;
 mod history;
