@@ -154,6 +154,10 @@ impl JwtVerifier {
                 _ => false,
             };
             if admin {
+                // An admin is named in the audit log by its subject: one without is refused.
+                if subject.is_empty() {
+                    return Err(AuthError::Invalid("an admin JWT has no `sub`".into()));
+                }
                 return Ok(Principal::admin(Credential::Jwt(subject)));
             }
         }
@@ -175,23 +179,31 @@ impl JwtVerifier {
         cache: &Mutex<JwksCache>,
         kid: Option<&str>,
     ) -> Result<Jwk, AuthError> {
-        let mut cache = cache.lock().await;
-        if let Some(jwk) = cache.set.as_ref().and_then(|set| find(set, kid)) {
-            return Ok(jwk);
-        }
-        let may_fetch = cache.fetched.is_none_or(|at| at.elapsed() >= JWKS_REFRESH);
-        if may_fetch {
-            cache.fetched = Some(Instant::now());
-            match fetch(client, url).await {
-                Ok(set) => cache.set = Some(set),
-                Err(e) => tracing::warn!(jwks.url = %url, error = %e, "cannot fetch the JWKS"),
+        let unknown = || AuthError::Invalid(format!("no JWKS key for kid {kid:?}"));
+        {
+            let mut cache = cache.lock().await;
+            if let Some(jwk) = cache.set.as_ref().and_then(|set| find(set, kid)) {
+                return Ok(jwk);
             }
+            // The `kid` is read before any signature is checked, so anyone can ask for a refetch:
+            // at most one a minute, claimed here so concurrent requests do not fetch as well.
+            if cache.fetched.is_some_and(|at| at.elapsed() < JWKS_REFRESH) {
+                return Err(unknown());
+            }
+            cache.fetched = Some(Instant::now());
+        }
+        // Fetched without the lock: other tokens are checked against the cached set meanwhile.
+        let fetched = fetch(client, url).await;
+        let mut cache = cache.lock().await;
+        match fetched {
+            Ok(set) => cache.set = Some(set),
+            Err(e) => tracing::warn!(jwks.url = %url, error = %e, "cannot fetch the JWKS"),
         }
         cache
             .set
             .as_ref()
             .and_then(|set| find(set, kid))
-            .ok_or_else(|| AuthError::Invalid(format!("no JWKS key for kid {kid:?}")))
+            .ok_or_else(unknown)
     }
 }
 

@@ -102,6 +102,12 @@ impl Authenticator {
             .map(str::trim)
             .filter(|c| !c.is_empty())
             .ok_or(AuthError::Missing)?;
+        // The environment's admin key first: it may have any shape, a JWT's included.
+        if let Some(environment) = &self.environment_key
+            && keys::same_hash(environment, &keys::hash(credential))
+        {
+            return Ok(Principal::admin(Credential::EnvironmentKey));
+        }
         if keys::looks_like_key(credential) || self.jwt.is_none() || !JwtVerifier::looks_like_jwt(credential)
         {
             return self.api_key(credential).await;
@@ -112,15 +118,10 @@ impl Authenticator {
 
     /// The principal of an API key (a stored one, or the environment's admin key).
     async fn api_key(&self, presented: &str) -> Result<Principal, AuthError> {
-        let hash = keys::hash(presented);
-        if let Some(environment) = &self.environment_key
-            && keys::same_hash(environment, &hash)
-        {
-            return Ok(Principal::admin(Credential::EnvironmentKey));
-        }
         if !keys::looks_like_key(presented) {
             return Err(AuthError::Invalid("not an API key".into()));
         }
+        let hash = keys::hash(presented);
         let key = self
             .keys
             .key_by_hash(&hash)

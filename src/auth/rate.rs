@@ -26,13 +26,14 @@ impl RateLimits {
         }
     }
 
-    /// Takes one request from `principal`'s allowance; `Err` says how long until the next fits.
-    pub fn check(&self, principal: &str) -> Result<(), Duration> {
+    /// Takes one request from the allowance of `key` (a principal's label, or a client address
+    /// for failed attempts); `Err` says how long until the next fits.
+    pub fn check(&self, key: String) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
         limiter
-            .check_key(&principal.to_string())
+            .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -53,17 +54,17 @@ mod tests {
     fn a_principal_over_its_burst_waits_and_others_do_not() {
         let limits = RateLimits::new(1, 3);
         for _ in 0..3 {
-            assert!(limits.check("user:alice").is_ok());
+            assert!(limits.check("user:alice".into()).is_ok());
         }
-        let wait = limits.check("user:alice").unwrap_err();
+        let wait = limits.check("user:alice".into()).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
-        assert!(limits.check("user:bob").is_ok());
+        assert!(limits.check("user:bob".into()).is_ok());
         let off = RateLimits::new(0, 0);
         for _ in 0..1000 {
-            assert!(off.check("user:alice").is_ok());
+            assert!(off.check("user:alice".into()).is_ok());
         }
     }
 }

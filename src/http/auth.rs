@@ -40,19 +40,29 @@ pub fn presented_credential(headers: &HeaderMap) -> Result<Option<&str>, Malform
     }
 }
 
-/// Authenticates the request (401 when it must and cannot), applies the rate limit of user
-/// principals (429), and puts the [`Caller`] in the request for handlers.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let remote_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
-    let principal = match presented_credential(request.headers()) {
+/// The request's id for the audit log: the one in `x-request-id` when it is short and plain (ours
+/// are UUIDs; a client may send its own), else none: a client cannot write what it likes there.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    plain.then(|| id.to_string())
+}
+
+/// The caller of a request: its credential checked (401 when it must and cannot; failed attempts
+/// are limited per client address, 429, and recorded in the audit log) and the principal's rate
+/// applied (user principals only, 429).
+pub async fn establish_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<Caller, Response> {
+    let request_id = request_id(headers);
+    let remote_addr = remote.map(|addr| addr.ip().to_string());
+    let principal = match presented_credential(headers) {
         Ok(credential) => state.auth.authenticate(credential).await,
         Err(MalformedCredential) => Err(AuthError::Invalid(
             "Authorization is not `Bearer <credential>`".into(),
@@ -61,9 +71,17 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let principal = match principal {
         Ok(principal) => principal,
         Err(AuthError::Store(e)) => {
-            return ApiError::from(crate::sessions::SessionError::Store(e)).into_response();
+            return Err(ApiError::from(crate::sessions::SessionError::Store(e)).into_response());
         }
         Err(e) => {
+            // Guessing is limited like any user's requests, by address: it cannot flood the log or
+            // the audit queue.
+            if let Err(wait) = state
+                .rate
+                .check(format!("addr:{}", remote_addr.as_deref().unwrap_or("?")))
+            {
+                return Err(ApiError::rate_limited(wait).into_response());
+            }
             tracing::warn!(request.id = request_id.as_deref().unwrap_or_default(), client.address = remote_addr.as_deref().unwrap_or_default(), reason = %e, "authentication failed");
             let caller = Caller {
                 principal: crate::domain::Principal::anonymous(),
@@ -71,21 +89,35 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 request_id,
             };
             state.auth.record_failure(&caller, &e.to_string());
-            return ApiError::unauthorized().into_response();
+            return Err(ApiError::unauthorized().into_response());
         }
     };
     // The trusted backend (an admin) speaks for many users: only user principals are limited.
     if principal.role == Role::User
-        && let Err(wait) = state.rate.check(&principal.label())
+        && let Err(wait) = state.rate.check(principal.label())
     {
-        return ApiError::rate_limited(wait).into_response();
+        return Err(ApiError::rate_limited(wait).into_response());
     }
-    request.extensions_mut().insert(Caller {
+    Ok(Caller {
         principal,
         remote_addr,
         request_id,
-    });
-    next.run(request).await
+    })
+}
+
+/// Middleware: puts the [`Caller`] in the request for handlers, or answers 401/429/503.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    match establish_caller(&state, request.headers(), remote).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refusal) => refusal,
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

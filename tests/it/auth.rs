@@ -392,6 +392,38 @@ async fn a_bad_credential_of_any_kind_gets_the_same_401_and_public_routes_stay_o
     let mut fields: Vec<&str> = health.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort();
     assert_eq!(fields, ["status", "version"], "{health}");
+    // A credential tried on /health is checked like any other: a bad one shows nothing more, and is
+    // recorded as a failed authentication.
+    let failures = |records: &Value| {
+        records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "auth.failed")
+            .count()
+    };
+    let audit_url = server.url("/api/v1/admin/audit?limit=1000");
+    let before: Value = admin.get(&audit_url).send().await.unwrap().json().await.unwrap();
+    let probed: Value = plain
+        .get(server.url("/health"))
+        .bearer_auth(&unknown_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(probed.get("active_sessions").is_none(), "{probed}");
+    let mut recorded = false;
+    for _ in 0..100 {
+        let after: Value = admin.get(&audit_url).send().await.unwrap().json().await.unwrap();
+        if failures(&after) > failures(&before) {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recorded, "a bad credential on /health is audited");
     let full: Value = admin
         .get(server.url("/health"))
         .send()
@@ -593,6 +625,19 @@ async fn a_user_over_its_rate_is_told_when_to_retry_and_an_admin_is_not_limited(
         .unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     assert_eq!(limited.json::<Value>().await.unwrap()["code"], "rate_limited");
+    // Guessing credentials is limited too (per client address), so it cannot flood the audit log.
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let response = plain_client()
+            .get(server.url("/api/v1/sessions"))
+            .bearer_auth("cah_guess")
+            .send()
+            .await
+            .unwrap();
+        refused.push(response.status());
+    }
+    assert!(refused.contains(&StatusCode::UNAUTHORIZED), "{refused:?}");
+    assert!(refused.contains(&StatusCode::TOO_MANY_REQUESTS), "{refused:?}");
     // Bob has his own allowance; the admin (the trusted backend) has none to exhaust.
     let bob = user_client(&server, &admin, "bob").await;
     assert_eq!(
@@ -722,6 +767,17 @@ async fn jwts_with_a_shared_secret_are_checked_claim_by_claim() {
     for (what, token) in bad {
         assert_eq!(status_with(token).await, StatusCode::UNAUTHORIZED, "{what}");
     }
+    // An admin must have a subject (the audit log names it by it).
+    let nameless = {
+        let mut c = claims(json!({"roles": "agent-admin"}));
+        c.as_object_mut().unwrap().remove("sub");
+        sign(&c, secret)
+    };
+    assert_eq!(
+        status_with(nameless).await,
+        StatusCode::UNAUTHORIZED,
+        "an admin JWT without sub"
+    );
     // The admin claim makes an admin; without it, the subject is a user scoped to itself.
     let admin = sign(
         &claims(json!({"sub": "ops", "roles": ["x", "agent-admin"]})),
