@@ -712,18 +712,7 @@ async fn jwts_with_a_shared_secret_are_checked_claim_by_claim() {
         )
         .unwrap()
     };
-    let status_with = |token: String| {
-        let url = server.url("/api/v1/sessions");
-        async move {
-            plain_client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let status_with = |token: String| status_with_token(&server, token);
     assert_eq!(
         status_with(sign(&claims(json!({})), secret)).await,
         StatusCode::OK
@@ -809,6 +798,17 @@ async fn jwts_with_a_shared_secret_are_checked_claim_by_claim() {
     assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
 }
 
+/// The status of listing sessions with `token` as the bearer credential.
+async fn status_with_token(server: &TestServer, token: String) -> StatusCode {
+    plain_client()
+        .get(server.url("/api/v1/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// Ed25519 test keys made for this story only (they sign nothing anywhere else).
 const SIGNING_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTMEB2ZVlDjfRKFOod8Kosu0zcje+39iVkUCElHG5zk\n-----END PRIVATE KEY-----\n";
 const SIGNING_KEY_X: &str = "g2HhX38a1WCRDmMAGm1JLEKkMUSvuiatyMhXWZfkc-k";
@@ -867,18 +867,7 @@ async fn jwts_are_checked_against_the_issuers_jwks_by_kid() {
         )
         .unwrap()
     };
-    let status_with = |token: String| {
-        let url = server.url("/api/v1/sessions");
-        async move {
-            plain_client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let status_with = |token: String| status_with_token(&server, token);
     for _ in 0..3 {
         assert_eq!(status_with(sign(Some("k1"), SIGNING_KEY)).await, StatusCode::OK);
     }
