@@ -105,7 +105,7 @@ impl App {
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
         let (launcher, isolation, isolation_health) = choose_isolation(&config, stores.uids.clone())?;
         let inherited = Inherited::from_service_environment();
-        let relay = Relay::start(relay_settings(&config, &inherited)).await?;
+        let relay = Relay::start(relay_settings(&config, &inherited), stores.usage.clone()).await?;
         let mut settings = runtime_settings(&config, inherited);
         settings.isolation = isolation;
         let runtime = Arc::new(Runtime::new(
@@ -379,6 +379,8 @@ fn relay_settings(config: &Config, inherited: &Inherited) -> RelaySettings {
             auth_token: value("ANTHROPIC_AUTH_TOKEN"),
         },
         run_dir: config.data_dir.join("run"),
+        pricing: config.pricing.clone(),
+        budgets: config.budgets.clone(),
     }
 }
 

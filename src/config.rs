@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentOptions, PermissionMode, PluginSpec};
+use crate::domain::{AgentOptions, BudgetLimits, PermissionMode, PluginSpec};
 
 /// A configuration problem, always naming the key or file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,72 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How agents are isolated from each other and from the host.
     pub isolation: IsolationConfig,
+    /// Prices of model tokens (the cost of usage, and what USD budgets count).
+    pub pricing: PricingConfig,
+    /// Spending limits per user, session and turn, enforced by the model relay.
+    pub budgets: BudgetLimits,
+}
+
+/// The `pricing` section: USD per million tokens, by model. Built-in prices cover current Claude
+/// models; `models` adds or replaces entries. A model is priced by the entry that is the longest
+/// prefix of its name, else by `fallback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Prices by model-name prefix, over the built-in ones.
+    pub models: BTreeMap<String, ModelPrice>,
+    /// The price of a model no entry names (the dearest current one, so nothing is under-counted).
+    pub fallback: ModelPrice,
+}
+
+/// One model's prices, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Tokens read from the prompt cache (default: a tenth of `input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    /// Tokens written to the prompt cache (default: 1.25 times `input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+impl ModelPrice {
+    /// A price with the usual cache multipliers.
+    pub const fn of(input: f64, output: f64) -> ModelPrice {
+        ModelPrice {
+            input,
+            output,
+            cache_read: None,
+            cache_write: None,
+        }
+    }
+
+    /// The first amount that is negative or not finite.
+    fn invalid(&self) -> Option<f64> {
+        [
+            Some(self.input),
+            Some(self.output),
+            self.cache_read,
+            self.cache_write,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_finite() || *v < 0.0)
+    }
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            models: BTreeMap::new(),
+            fallback: ModelPrice::of(15.0, 75.0),
+        }
+    }
 }
 
 /// How strongly agents are isolated (`isolation.profile`).
@@ -358,6 +424,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
             isolation: IsolationConfig::default(),
+            pricing: PricingConfig::default(),
+            budgets: BudgetLimits::default(),
         }
     }
 }
@@ -788,7 +856,39 @@ impl Config {
             self.validate_postgresql()?;
         }
         self.validate_isolation()?;
+        self.validate_pricing()?;
         self.validate_auth()
+    }
+
+    /// The `pricing` and `budgets` keys: amounts of money that are numbers of dollars.
+    fn validate_pricing(&self) -> Result<(), (&'static str, String)> {
+        for (model, price) in &self.pricing.models {
+            if model.trim().is_empty() {
+                return Err(("pricing.models", "a model name is empty".into()));
+            }
+            if let Some(bad) = price.invalid() {
+                return Err((
+                    "pricing.models",
+                    format!("{model:?} has the price {bad}: prices are USD per million tokens, 0 or more"),
+                ));
+            }
+        }
+        if let Some(bad) = self.pricing.fallback.invalid() {
+            return Err((
+                "pricing.fallback",
+                format!("has the price {bad}: prices are USD per million tokens, 0 or more"),
+            ));
+        }
+        if let Some((key, bad)) = self.budgets.invalid_amount() {
+            let key = match key {
+                "user_daily_usd" => "budgets.user_daily_usd",
+                "user_monthly_usd" => "budgets.user_monthly_usd",
+                "session_usd" => "budgets.session_usd",
+                _ => "budgets.turn_usd",
+            };
+            return Err((key, format!("is {bad}: a budget is USD, 0 or more (or null)")));
+        }
+        Ok(())
     }
 
     /// The `isolation` keys: a uid range that is neither root's nor wrapping, limits the CLI can

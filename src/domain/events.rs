@@ -20,8 +20,9 @@ pub struct ToolCall {
     pub is_error: Option<bool>,
 }
 
-/// Token usage of one turn, as the CLI reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// Token counts: of one turn (as the CLI reports it, or as the relay metered it), of one model
+/// request, or summed over many.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct TurnUsage {
     /// Input tokens.
@@ -32,6 +33,28 @@ pub struct TurnUsage {
     pub cache_creation_input_tokens: u64,
     /// Input tokens read from the prompt cache.
     pub cache_read_input_tokens: u64,
+}
+
+impl TurnUsage {
+    /// Every token the model processed: input, output, cache writes and cache reads.
+    pub fn total(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &TurnUsage) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(other.cache_creation_input_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(other.cache_read_input_tokens);
+    }
 }
 
 /// The summary of a turn that ended normally.

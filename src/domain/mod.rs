@@ -2,11 +2,16 @@
 //! principal a request acts as.
 //! No I/O lives here.
 
+pub mod budget;
 pub mod events;
 pub mod options;
 pub mod principal;
 pub mod session;
 
+pub use budget::{
+    BudgetLimits, BudgetOverride, BudgetRefusal, BudgetScope, NANOS_PER_USD, Nanos, nanos_to_usd,
+    usd_to_nanos,
+};
 pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
 };

@@ -1,14 +1,15 @@
 //! The relay's one handler: authenticate the token, check the method and path against the
-//! allowlist, read the request body (bounded: it names the model), swap the token for the real
-//! credential and forward; the answer streams back chunk by chunk through a [`Meter`] that reads
-//! its usage on the way and records the request when the answer ends (or the client goes away).
+//! allowlist, check the budgets, read the request body (bounded: it names the model), swap the
+//! token for the real credential and forward; the answer streams back chunk by chunk through a
+//! [`Meter`] that reads its usage on the way and records the request when the answer ends (or the
+//! client goes away).
 //! Every refusal is answered here, in the Anthropic error shape the CLI shows, without contacting
 //! the upstream.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,11 +21,17 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use serde_json::json;
 
-use super::usage::{RelayRecord, TokenUsage, UsageScan};
+use super::budget::first_refusal;
+use super::usage::UsageScan;
 use super::{Grant, Shared};
+use crate::domain::{TurnId, TurnUsage};
+use crate::store::UsageRecord;
 
 /// The largest request body relayed (the whole conversation travels in each request).
 const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// How long a budget check waits for the session's earlier requests to be stored.
+const BUDGET_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What the relay forwards: the Messages API calls the CLI makes.
 const ALLOWED: &[(Method, &str)] = &[
@@ -105,9 +112,15 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             "the relay forwards only POST /v1/messages and POST /v1/messages/count_tokens",
         );
     }
+    let turn = grant.state.turn();
+    if let Some(refused) = budget_gate(&shared, &grant, turn).await {
+        return refused;
+    }
+    shared.meters.request_started(turn);
     let record = Pending {
         shared: shared.clone(),
         grant,
+        turn,
         path: path.clone(),
         at,
         started,
@@ -116,7 +129,7 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(body) => body,
         Err(_) => {
-            record.finish(StatusCode::PAYLOAD_TOO_LARGE, None, TokenUsage::default());
+            record.finish(StatusCode::PAYLOAD_TOO_LARGE, None, TurnUsage::default());
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
@@ -127,7 +140,7 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     let model = requested_model(&body);
     let credential = &shared.credential;
     if !credential.is_present() {
-        record.finish(StatusCode::UNAUTHORIZED, model, TokenUsage::default());
+        record.finish(StatusCode::UNAUTHORIZED, model, TurnUsage::default());
         return error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -164,7 +177,7 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(session.id = %record.grant.session, error = %e, "the model relay cannot reach the model API");
-            record.finish(StatusCode::BAD_GATEWAY, model, TokenUsage::default());
+            record.finish(StatusCode::BAD_GATEWAY, model, TurnUsage::default());
             return error(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
@@ -194,6 +207,54 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     response
+}
+
+/// Refuses a request when the budgets of its user, session or turn are reached (`None`: it may
+/// go). The limits are the service's with the user's override over them, read on every request so
+/// a raise takes effect at once on every instance.
+async fn budget_gate(shared: &Shared, grant: &Grant, turn: Option<TurnId>) -> Option<Response> {
+    let store = shared.meters.store();
+    let limits = match store.budget_override(&grant.user_id).await {
+        Ok(Some(own)) => shared.budgets.with_override(&own),
+        Ok(None) => shared.budgets.clone(),
+        Err(e) => return Some(cannot_check(grant, &e)),
+    };
+    if !limits.any() {
+        return None;
+    }
+    // What this process spent before must be in the totals compared.
+    if !shared.meters.written(&grant.state, BUDGET_PATIENCE).await {
+        tracing::warn!(session.id = %grant.session, "the session's earlier usage is not stored yet; checking its budget without it");
+    }
+    let spending = match store
+        .spending(&grant.user_id, grant.session, turn, Utc::now())
+        .await
+    {
+        Ok(spending) => spending,
+        Err(e) => return Some(cannot_check(grant, &e)),
+    };
+    let refusal = first_refusal(&limits, &spending)?;
+    tracing::warn!(
+        session.id = %grant.session, user.id = %grant.user_id,
+        turn.id = turn.map(|t| t.to_string()).unwrap_or_default(),
+        budget.limit = %refusal.limit, budget.allowed = refusal.allowed, budget.spent = refusal.spent,
+        "the model relay refused a request: a budget is spent"
+    );
+    let message = format!("budget exceeded: {refusal}");
+    shared.meters.refused(turn, refusal);
+    // 400 is final for the CLI: it does not retry, and it ends the turn showing the message.
+    Some(error(StatusCode::BAD_REQUEST, "invalid_request_error", &message))
+}
+
+/// The answer when the budget cannot be checked (the store is unreachable): the model's own
+/// "overloaded" error, which the CLI retries with a pause, by when the store may be back.
+fn cannot_check(grant: &Grant, error_: &crate::store::StoreError) -> Response {
+    tracing::warn!(session.id = %grant.session, error = %error_, "the model relay cannot check the budget; the request is refused for now");
+    error(
+        StatusCode::from_u16(529).expect("529 is a status"),
+        "overloaded_error",
+        "the service cannot check the budget right now; try again shortly",
+    )
 }
 
 /// The model a request body names, if it is JSON with a `model`.
@@ -228,24 +289,45 @@ fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
 struct Pending {
     shared: Arc<Shared>,
     grant: Grant,
+    /// The turn it counts for (the one running when it arrived).
+    turn: Option<TurnId>,
     path: String,
     at: chrono::DateTime<Utc>,
     started: Instant,
 }
 
 impl Pending {
-    fn finish(self, status: StatusCode, model: Option<String>, usage: TokenUsage) {
-        let record = RelayRecord {
+    fn finish(self, status: StatusCode, model: Option<String>, usage: TurnUsage) {
+        let cost_nanos = self.shared.prices.cost(model.as_deref(), &usage);
+        let record = UsageRecord {
             session_id: self.grant.session,
-            user_id: self.grant.user_id,
+            user_id: self.grant.user_id.clone(),
+            turn_id: self.turn,
             model,
             usage,
+            cost_nanos,
             status: status.as_u16(),
             duration_ms: self.started.elapsed().as_millis() as u64,
             path: self.path,
             at: self.at,
         };
-        self.shared.records.push(record);
+        tracing::debug!(
+            session.id = %record.session_id,
+            user.id = %record.user_id,
+            turn.id = record.turn_id.map(|t| t.to_string()).unwrap_or_default(),
+            relay.path = %record.path,
+            relay.model = record.model.as_deref().unwrap_or(""),
+            relay.status = record.status,
+            relay.duration_ms = record.duration_ms,
+            usage.input_tokens = record.usage.input_tokens,
+            usage.output_tokens = record.usage.output_tokens,
+            usage.cache_read_tokens = record.usage.cache_read_input_tokens,
+            usage.cache_write_tokens = record.usage.cache_creation_input_tokens,
+            usage.cost_nanos = record.cost_nanos,
+            "model request relayed"
+        );
+        self.shared.seen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared.meters.request_ended(&self.grant.state, record);
     }
 }
 

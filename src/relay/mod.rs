@@ -2,8 +2,11 @@
 //! of its own and an `ANTHROPIC_BASE_URL` that reaches this relay; the relay takes a request only
 //! with a live token, only on the Messages API paths the CLI uses, swaps the token for the real
 //! credential, forwards the request to the configured upstream and streams the answer back as it
-//! comes. On the way through it reads each answer's usage and records one [`RelayRecord`] per
-//! request (session, user, model, tokens, status, duration): the place where usage is metered.
+//! comes. On the way through it reads each answer's usage and records one `UsageRecord` per
+//! request (session, user, turn, model, tokens, cost from the price table, status, duration) in the
+//! store: the place where usage is metered (meter.rs, pricing.rs). Before a request leaves, it
+//! checks the user's, the session's and the turn's budgets (budget.rs) and refuses one that would
+//! start over a limit.
 //!
 //! It listens on two endpoints at once, serving the same router: a loopback TCP port (the base URL
 //! every CLI is given) and a unix socket at `<data_dir>/run/relay.sock` (for sandboxed CLIs, which
@@ -12,10 +15,13 @@
 //!
 //! It knows nothing of sessions' lives, processes or the service's HTTP API.
 
+mod budget;
 mod forward;
+mod meter;
+mod pricing;
 mod usage;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -26,8 +32,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::domain::SessionId;
-pub use usage::{RelayRecord, TokenUsage};
+use self::meter::{GrantState, Meters};
+use crate::config::PricingConfig;
+use crate::domain::{BudgetLimits, SessionId, TurnId};
+use crate::store::UsageStore;
+pub use budget::first_refusal;
+pub use meter::MeteredTurn;
+pub use pricing::PriceTable;
 
 /// What every token starts with, so a leaked one is recognisable (and never taken for a real key).
 pub const TOKEN_PREFIX: &str = "cah_relay_";
@@ -37,9 +48,6 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
 
 /// The socket's file name under the run directory.
 const SOCKET_NAME: &str = "relay.sock";
-
-/// Records kept for inspection (the newest ones).
-const RECENT_RECORDS: usize = 256;
 
 /// How long connecting to the upstream may take (streams themselves have no time limit).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +87,10 @@ pub struct RelaySettings {
     pub credential: UpstreamCredential,
     /// Where the unix socket goes (`<data_dir>/run`; created 0711).
     pub run_dir: PathBuf,
+    /// Token prices.
+    pub pricing: PricingConfig,
+    /// The service's budgets (users' overrides are read from the store).
+    pub budgets: BudgetLimits,
 }
 
 /// Why the relay could not start.
@@ -100,11 +112,12 @@ pub enum RelayError {
     Client(String),
 }
 
-/// Who a live token was issued to.
-#[derive(Debug, Clone)]
+/// Who a live token was issued to, and its process's metering state.
+#[derive(Clone)]
 struct Grant {
     session: SessionId,
     user_id: String,
+    state: Arc<GrantState>,
 }
 
 /// Live tokens, by the SHA-256 of the token (a lookup never compares secrets byte by byte).
@@ -122,41 +135,13 @@ struct Shared {
     upstream: reqwest::Url,
     credential: UpstreamCredential,
     client: reqwest::Client,
-    records: Records,
+    meters: Arc<Meters>,
+    prices: PriceTable,
+    budgets: BudgetLimits,
+    /// Requests relayed (and recorded) since the start.
+    seen: AtomicU64,
     base_url: String,
     socket_path: PathBuf,
-}
-
-/// Where usage records go: counted, logged, and the newest kept. (Their store comes next.)
-#[derive(Default)]
-struct Records {
-    seen: AtomicU64,
-    recent: Mutex<VecDeque<RelayRecord>>,
-}
-
-impl Records {
-    fn push(&self, record: RelayRecord) {
-        tracing::debug!(
-            session.id = %record.session_id,
-            user.id = %record.user_id,
-            relay.path = %record.path,
-            relay.model = record.model.as_deref().unwrap_or(""),
-            relay.status = record.status,
-            relay.duration_ms = record.duration_ms,
-            usage.input_tokens = record.usage.input_tokens,
-            usage.output_tokens = record.usage.output_tokens,
-            usage.cache_read_tokens = record.usage.cache_read_tokens,
-            usage.cache_write_tokens = record.usage.cache_write_tokens,
-            "model request relayed"
-        );
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == RECENT_RECORDS {
-            recent.pop_front();
-        }
-        recent.push_back(record);
-        drop(recent);
-        self.seen.fetch_add(1, Ordering::Release);
-    }
 }
 
 /// A token given to one CLI process. It is live until it is dropped or revoked: keep it exactly
@@ -165,6 +150,7 @@ pub struct RelayToken {
     secret: String,
     key: [u8; 32],
     tokens: Weak<Tokens>,
+    state: Arc<GrantState>,
 }
 
 impl RelayToken {
@@ -195,7 +181,8 @@ impl std::fmt::Debug for RelayToken {
 impl Relay {
     /// Binds both endpoints (127.0.0.1 on a free port, and the unix socket) and serves them in the
     /// background.
-    pub async fn start(settings: RelaySettings) -> Result<Relay, RelayError> {
+    /// Usage records go to `usage`, where users' budget overrides are read too.
+    pub async fn start(settings: RelaySettings, usage: Arc<dyn UsageStore>) -> Result<Relay, RelayError> {
         let upstream = reqwest::Url::parse(settings.upstream.trim_end_matches('/'))
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
@@ -228,7 +215,10 @@ impl Relay {
             upstream,
             credential: settings.credential,
             client,
-            records: Records::default(),
+            meters: Arc::new(Meters::new(usage)),
+            prices: PriceTable::new(&settings.pricing),
+            budgets: settings.budgets,
+            seen: AtomicU64::new(0),
             base_url: format!("http://{addr}"),
             socket_path,
         });
@@ -278,9 +268,11 @@ impl Relay {
         getrandom::fill(&mut bytes).expect("the operating system's random source works");
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
         let key = token_key(&secret);
+        let state = Arc::new(GrantState::default());
         let grant = Grant {
             session,
             user_id: user_id.to_string(),
+            state: state.clone(),
         };
         self.shared
             .tokens
@@ -291,7 +283,41 @@ impl Relay {
             secret,
             key,
             tokens: Arc::downgrade(&self.shared.tokens),
+            state,
         }
+    }
+
+    /// From now on the requests of `token`'s process count for `turn`, whose sums start (or, for
+    /// a turn handed to a new process, go on) here.
+    pub fn begin_turn(&self, token: &RelayToken, turn: TurnId) {
+        self.shared.meters.begin(turn);
+        token.state.set_turn(Some(turn));
+    }
+
+    /// The turn's requests: waits up to `patience` for answers still streaming to end, then
+    /// answers their sums (and a budget refusal, if one ended the turn) and stops metering it.
+    /// `None` when none of its requests passed through the relay. Requests of `token`'s process
+    /// count for no turn from now on.
+    pub async fn settle_turn(
+        &self,
+        token: Option<&RelayToken>,
+        turn: TurnId,
+        patience: Duration,
+    ) -> Option<MeteredTurn> {
+        if let Some(token) = token {
+            token.state.set_turn(None);
+        }
+        self.shared.meters.settle(turn, patience).await
+    }
+
+    /// Waits up to `patience` for every usage record to be stored (at shutdown).
+    pub async fn flush(&self, patience: Duration) -> bool {
+        self.shared.meters.flush(patience).await
+    }
+
+    /// The price table requests are costed with.
+    pub fn prices(&self) -> &PriceTable {
+        &self.shared.prices
     }
 
     /// Makes `token` useless at once (dropping it does the same).
@@ -306,18 +332,7 @@ impl Relay {
 
     /// How many requests have been relayed (and recorded) since the start.
     pub fn records_seen(&self) -> u64 {
-        self.shared.records.seen.load(Ordering::Acquire)
-    }
-
-    /// The newest usage records, oldest first.
-    pub fn recent_records(&self) -> Vec<RelayRecord> {
-        let recent = self
-            .shared
-            .records
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        recent.iter().cloned().collect()
+        self.shared.seen.load(Ordering::Acquire)
     }
 }
 

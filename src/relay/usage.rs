@@ -4,63 +4,29 @@
 //! `usage`. Only what is needed is kept: the current line of a stream (bounded), or a JSON body up
 //! to a bound.
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::domain::SessionId;
+use crate::domain::TurnUsage;
 
 /// A stream line longer than this is not looked at (usage events are a few hundred bytes).
 const MAX_LINE: usize = 1 << 20;
 /// A JSON answer longer than this is passed on without its usage being read.
 const MAX_JSON: usize = 8 << 20;
 
-/// Tokens of one model request, as the answer reported them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    /// Input tokens (not counting cache reads and writes).
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
-    /// Input tokens read from the prompt cache.
-    pub cache_read_tokens: u64,
-    /// Input tokens written to the prompt cache.
-    pub cache_write_tokens: u64,
-}
-
-impl TokenUsage {
-    /// Takes every count present in a `usage` object (later reports are cumulative: they replace).
-    fn apply(&mut self, usage: &Value) {
-        let set = |field: &mut u64, name: &str| {
-            if let Some(n) = usage[name].as_u64() {
-                *field = n;
-            }
-        };
-        set(&mut self.input_tokens, "input_tokens");
-        set(&mut self.output_tokens, "output_tokens");
-        set(&mut self.cache_read_tokens, "cache_read_input_tokens");
-        set(&mut self.cache_write_tokens, "cache_creation_input_tokens");
-    }
-}
-
-/// One relayed model request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RelayRecord {
-    /// The session whose token it carried.
-    pub session_id: SessionId,
-    /// That session's user.
-    pub user_id: String,
-    /// The model the request named (else the one the answer named).
-    pub model: Option<String>,
-    /// The tokens the answer reported (zero where it reported none).
-    pub usage: TokenUsage,
-    /// The status answered to the CLI (the upstream's, or the relay's own 413 / 502).
-    pub status: u16,
-    /// From the request's arrival to the answer's last byte (or the client going away).
-    pub duration_ms: u64,
-    /// The request's path (without its query).
-    pub path: String,
-    /// When the request arrived.
-    pub at: DateTime<Utc>,
+/// Takes every count present in a `usage` object (later reports are cumulative: they replace).
+fn apply(counts: &mut TurnUsage, usage: &Value) {
+    let set = |field: &mut u64, name: &str| {
+        if let Some(n) = usage[name].as_u64() {
+            *field = n;
+        }
+    };
+    set(&mut counts.input_tokens, "input_tokens");
+    set(&mut counts.output_tokens, "output_tokens");
+    set(&mut counts.cache_read_input_tokens, "cache_read_input_tokens");
+    set(
+        &mut counts.cache_creation_input_tokens,
+        "cache_creation_input_tokens",
+    );
 }
 
 /// What an answer's body is, for reading its usage.
@@ -93,7 +59,7 @@ pub(super) struct StreamScan {
     skipping: bool,
     /// The `event:` of the event being read.
     event: EventName,
-    usage: TokenUsage,
+    usage: TurnUsage,
     model: Option<String>,
 }
 
@@ -131,7 +97,7 @@ impl UsageScan {
     }
 
     /// The usage (and the model the answer names) reported by what was read.
-    pub(super) fn finish(&mut self) -> (TokenUsage, Option<String>) {
+    pub(super) fn finish(&mut self) -> (TurnUsage, Option<String>) {
         match self {
             UsageScan::Stream(scan) => {
                 // A last line without its newline (a stream that was cut) still counts.
@@ -139,15 +105,15 @@ impl UsageScan {
                     let line = std::mem::take(&mut scan.line);
                     scan.line_done(&line);
                 }
-                (scan.usage, scan.model.take())
+                (std::mem::take(&mut scan.usage), scan.model.take())
             }
             UsageScan::Json(Some(body)) => {
-                let mut usage = TokenUsage::default();
+                let mut usage = TurnUsage::default();
                 let answer: Value = serde_json::from_slice(body).unwrap_or_default();
-                usage.apply(&answer["usage"]);
+                apply(&mut usage, &answer["usage"]);
                 (usage, answer["model"].as_str().map(str::to_string))
             }
-            UsageScan::Json(None) | UsageScan::Opaque => (TokenUsage::default(), None),
+            UsageScan::Json(None) | UsageScan::Opaque => (TurnUsage::default(), None),
         }
     }
 }
@@ -211,12 +177,12 @@ impl StreamScan {
         match event["type"].as_str() {
             Some("message_start") => {
                 let message = &event["message"];
-                self.usage.apply(&message["usage"]);
+                apply(&mut self.usage, &message["usage"]);
                 if let Some(model) = message["model"].as_str() {
                     self.model = Some(model.to_string());
                 }
             }
-            Some("message_delta") => self.usage.apply(&event["usage"]),
+            Some("message_delta") => apply(&mut self.usage, &event["usage"]),
             _ => {}
         }
     }
@@ -246,7 +212,7 @@ mod tests {
         "\n",
     );
 
-    fn scan_in_pieces(text: &str, size: usize) -> (TokenUsage, Option<String>) {
+    fn scan_in_pieces(text: &str, size: usize) -> (TurnUsage, Option<String>) {
         let mut scan = UsageScan::for_content_type("text/event-stream; charset=utf-8");
         for piece in text.as_bytes().chunks(size) {
             scan.feed(piece);
@@ -256,11 +222,11 @@ mod tests {
 
     #[test]
     fn a_stream_reports_its_usage_however_it_is_cut() {
-        let expected = TokenUsage {
+        let expected = TurnUsage {
             input_tokens: 12,
             output_tokens: 57,
-            cache_read_tokens: 400,
-            cache_write_tokens: 30,
+            cache_read_input_tokens: 400,
+            cache_creation_input_tokens: 30,
         };
         for size in [1, 2, 7, 64, STREAM.len()] {
             let (usage, model) = scan_in_pieces(STREAM, size);
@@ -301,16 +267,16 @@ mod tests {
         let (usage, model) = scan.finish();
         assert_eq!(
             usage,
-            TokenUsage {
+            TurnUsage {
                 input_tokens: 3,
                 output_tokens: 4,
-                cache_read_tokens: 5,
-                cache_write_tokens: 0
+                cache_read_input_tokens: 5,
+                cache_creation_input_tokens: 0
             }
         );
         assert_eq!(model.as_deref(), Some("claude-y"));
         let mut other = UsageScan::for_content_type("text/plain");
         other.feed(body);
-        assert_eq!(other.finish(), (TokenUsage::default(), None));
+        assert_eq!(other.finish(), (TurnUsage::default(), None));
     }
 }

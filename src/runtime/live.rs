@@ -29,6 +29,9 @@ use crate::store::{TurnRecord, TurnStatus};
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// How long a stopping agent gets to flush its transcript and exit before SIGTERM.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a turn's end waits for its last model answer to finish passing through the relay
+/// (the CLI may print its result a moment before the answer's last bytes are read).
+const SETTLE_PATIENCE: Duration = Duration::from_secs(2);
 /// Attempts at a turn whose CLI died before printing anything for it.
 const MAX_SILENT_ATTEMPTS: u32 = 2;
 
@@ -372,6 +375,10 @@ impl LiveSession {
         turn.attempts += 1;
         turn.phase = Phase::Running;
         turn.last_output = Instant::now();
+        // The model requests the CLI makes from here on are this turn's.
+        if let Some(token) = &process._token {
+            self.shared.relay.begin_turn(token, turn.id);
+        }
         // Tenant text is never expanded (`@path`) or run as a slash command by newer CLIs.
         if !process.write_line(&protocol::user_line(&turn.message)) {
             // stdin is closed: the process is on its way out; its exit ends or retries the turn.
@@ -746,6 +753,7 @@ impl LiveSession {
             tracing::warn!(session.id = %id, turn.id = %turn.id, error.code = code.as_str(), error.message = %message, "turn failed");
         }
         let deleted = turn.tracker.stop_reason() == Some(TurnErrorCode::SessionDeleted);
+        let terminal = self.metered(turn.id, terminal).await;
         let record = self.finished_record(&turn, &terminal);
         // One transaction: the turn's last events, its record, and the session's new activity.
         let (event, exists) = self.stream.finish(record, terminal).await;
@@ -761,6 +769,51 @@ impl LiveSession {
         if gone {
             // Closed by the main loop (closing from here would recurse through the turn's end).
             self.doomed = true;
+        }
+    }
+
+    /// The turn's terminal event with what the relay metered: the tokens and cost of its model
+    /// requests (priced by the service, not the CLI's estimate), and `budget_exceeded` when the
+    /// relay refused a request for its budget. Unchanged where no request went through the relay.
+    async fn metered(&self, turn: TurnId, terminal: TurnEvent) -> TurnEvent {
+        let token = self.process.as_ref().and_then(|p| p._token.as_ref());
+        let Some(metered) = self.shared.relay.settle_turn(token, turn, SETTLE_PATIENCE).await else {
+            return terminal;
+        };
+        let cost = crate::domain::nanos_to_usd(metered.cost_nanos);
+        let apply = |outcome: &mut crate::domain::TurnOutcome| {
+            outcome.usage = metered.usage.clone();
+            outcome.total_cost_usd = cost;
+        };
+        match (terminal, metered.refusal) {
+            (TurnEvent::Done(mut outcome), None) => {
+                apply(&mut outcome);
+                TurnEvent::Done(outcome)
+            }
+            (
+                TurnEvent::Error {
+                    code,
+                    message,
+                    mut partial,
+                },
+                None,
+            ) => {
+                apply(&mut partial);
+                TurnEvent::Error {
+                    code,
+                    message,
+                    partial,
+                }
+            }
+            (TurnEvent::Done(mut partial) | TurnEvent::Error { mut partial, .. }, Some(refusal)) => {
+                apply(&mut partial);
+                TurnEvent::Error {
+                    code: TurnErrorCode::BudgetExceeded,
+                    message: format!("budget exceeded: {refusal}"),
+                    partial,
+                }
+            }
+            (other, _) => other,
         }
     }
 

@@ -498,6 +498,10 @@ impl Runtime {
             }
         });
         futures_util::future::join_all(stops).await;
+        // What the agents spent is stored before the service goes.
+        if !self.shared.relay.flush(Duration::from_secs(10)).await {
+            tracing::error!("usage records were still unstored at shutdown");
+        }
         if let Some(root) = self.shared.cgroups.clone() {
             let _ = tokio::task::spawn_blocking(move || root.remove()).await;
         }

@@ -1,4 +1,7 @@
-//! The in-process store: for development and tests; nothing survives a restart.
+//! The in-process store: for development and tests; nothing survives a restart. Usage and budgets
+//! are in `memory/usage.rs`.
+
+mod usage;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,6 +27,8 @@ pub struct MemoryStore {
     audit: Mutex<AuditLog>,
     /// Users' uids (tied to no session).
     uids: Mutex<Uids>,
+    /// Model usage and budget overrides (tied to no session).
+    usage: Mutex<usage::Usage>,
     expiry: Expiry,
 }
 
@@ -60,6 +65,7 @@ impl MemoryStore {
                 next_id: 1,
             }),
             uids: Mutex::new(Uids::default()),
+            usage: Mutex::default(),
             expiry: Expiry::new(ttl_seconds),
         }
     }

@@ -3,10 +3,12 @@
 //! has a default, so a row written before a field existed still reads; the version says how to
 //! read the rest. Secrets are never part of a stored form.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::domain::{AgentOptions, PermissionMode, PluginSpec};
+use crate::domain::{AgentOptions, BudgetOverride, PermissionMode, PluginSpec};
 
 /// The version of [`StoredOptions`] this code writes.
 const OPTIONS_VERSION: u32 = 1;
@@ -94,6 +96,107 @@ impl TryFrom<StoredOptions> for AgentOptions {
             max_turns: stored.max_turns,
             max_budget_usd: stored.max_budget_usd,
             plugins: stored.plugins,
+        })
+    }
+}
+
+/// The version of [`StoredBudget`] this code writes.
+const BUDGET_VERSION: u32 = 1;
+
+/// A `BudgetOverride` at rest, as JSON in the `limits` column: the keys the admin set, each a
+/// number or `null` (the limit lifted); a key that is not there keeps the service's default.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct StoredBudget {
+    v: u32,
+    set: BTreeMap<String, Option<serde_json::Number>>,
+}
+
+impl StoredBudget {
+    /// Parses the `limits` column.
+    pub(super) fn parse(text: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("budget: {e}")))
+    }
+
+    /// The `limits` column.
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("stored budgets serialize")
+    }
+}
+
+impl From<&BudgetOverride> for StoredBudget {
+    fn from(budget: &BudgetOverride) -> Self {
+        // Destructured so that a new limit is a compile error here until it is given a stored form.
+        let BudgetOverride {
+            user_daily_usd,
+            user_monthly_usd,
+            session_usd,
+            turn_usd,
+            user_daily_tokens,
+            user_monthly_tokens,
+            session_tokens,
+            turn_tokens,
+        } = budget;
+        let mut set = BTreeMap::new();
+        let mut usd = |key: &str, value: &Option<Option<f64>>| {
+            if let Some(limit) = value {
+                set.insert(key.to_string(), limit.and_then(serde_json::Number::from_f64));
+            }
+        };
+        usd("user_daily_usd", user_daily_usd);
+        usd("user_monthly_usd", user_monthly_usd);
+        usd("session_usd", session_usd);
+        usd("turn_usd", turn_usd);
+        let mut tokens = |key: &str, value: &Option<Option<u64>>| {
+            if let Some(limit) = value {
+                set.insert(key.to_string(), limit.map(serde_json::Number::from));
+            }
+        };
+        tokens("user_daily_tokens", user_daily_tokens);
+        tokens("user_monthly_tokens", user_monthly_tokens);
+        tokens("session_tokens", session_tokens);
+        tokens("turn_tokens", turn_tokens);
+        StoredBudget {
+            v: BUDGET_VERSION,
+            set,
+        }
+    }
+}
+
+impl TryFrom<StoredBudget> for BudgetOverride {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredBudget) -> Result<Self, StoreError> {
+        if stored.v > BUDGET_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "budget version {} is newer than this service reads ({BUDGET_VERSION})",
+                stored.v
+            )));
+        }
+        let corrupt = |key: &str| StoreError::Corrupt(format!("budget: {key} is not a limit"));
+        let usd = |key: &str| -> Result<Option<Option<f64>>, StoreError> {
+            match stored.set.get(key) {
+                None => Ok(None),
+                Some(None) => Ok(Some(None)),
+                Some(Some(n)) => n.as_f64().map(|v| Some(Some(v))).ok_or_else(|| corrupt(key)),
+            }
+        };
+        let tokens = |key: &str| -> Result<Option<Option<u64>>, StoreError> {
+            match stored.set.get(key) {
+                None => Ok(None),
+                Some(None) => Ok(Some(None)),
+                Some(Some(n)) => n.as_u64().map(|v| Some(Some(v))).ok_or_else(|| corrupt(key)),
+            }
+        };
+        Ok(BudgetOverride {
+            user_daily_usd: usd("user_daily_usd")?,
+            user_monthly_usd: usd("user_monthly_usd")?,
+            session_usd: usd("session_usd")?,
+            turn_usd: usd("turn_usd")?,
+            user_daily_tokens: tokens("user_daily_tokens")?,
+            user_monthly_tokens: tokens("user_monthly_tokens")?,
+            session_tokens: tokens("session_tokens")?,
+            turn_tokens: tokens("turn_tokens")?,
         })
     }
 }

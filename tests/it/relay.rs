@@ -4,10 +4,12 @@
 //! The stories run the real server and CLI against the stand-in, and the relay on its own (in this
 //! process) where a story needs to look inside it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claude_agent_http::domain::SessionId;
 use claude_agent_http::relay::{Relay, RelaySettings, TOKEN_PREFIX, UpstreamCredential};
+use claude_agent_http::store::{MemoryStore, UsageQuery, UsageRecord, UsageStore};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -321,17 +323,57 @@ async fn each_relayed_request_is_recorded_with_its_session_user_model_and_usage(
     );
 }
 
+/// A relay in this process in front of `upstream`, recording usage in a store of its own.
+async fn start_relay(
+    upstream: String,
+    credential: UpstreamCredential,
+    run_dir: std::path::PathBuf,
+) -> Result<Relay, claude_agent_http::relay::RelayError> {
+    let settings = RelaySettings {
+        upstream,
+        credential,
+        run_dir,
+        pricing: Default::default(),
+        budgets: Default::default(),
+    };
+    let store: Arc<dyn UsageStore> = Arc::new(MemoryStore::new(0));
+    let relay = Relay::start(settings, store.clone()).await?;
+    STORES.lock().unwrap().push((relay.base_url().to_string(), store));
+    Ok(relay)
+}
+
+/// The usage stores of the relays started in this process, by relay address.
+static STORES: std::sync::Mutex<Vec<(String, Arc<dyn UsageStore>)>> = std::sync::Mutex::new(Vec::new());
+
+/// The usage records of `relay`, oldest first.
+async fn records_of(relay: &Relay) -> Vec<UsageRecord> {
+    assert!(
+        relay.flush(Duration::from_secs(10)).await,
+        "the records are stored"
+    );
+    let store = STORES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(url, _)| url == relay.base_url())
+        .map(|(_, store)| store.clone())
+        .expect("a relay of this process");
+    let mut records = store.usage_records(&UsageQuery::default(), 1000).await.unwrap();
+    records.reverse();
+    records
+}
+
 /// A relay in this process, in front of a stand-in, with its run folder.
 async fn relay_before(model: &ModelStandIn) -> (Relay, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let relay = Relay::start(RelaySettings {
-        upstream: model.base_url(),
-        credential: UpstreamCredential {
+    let relay = start_relay(
+        model.base_url(),
+        UpstreamCredential {
             api_key: Some(REAL_KEY.into()),
             auth_token: None,
         },
-        run_dir: dir.path().join("run"),
-    })
+        dir.path().join("run"),
+    )
     .await
     .expect("the relay starts");
     (relay, dir)
@@ -380,7 +422,7 @@ async fn the_relay_streams_the_answer_as_it_comes_and_meters_it() {
     assert_eq!(seen[0].api_key.as_deref(), Some(REAL_KEY));
     assert_eq!(seen[0].target, "/v1/messages?beta=true");
     eventually("the record", Duration::from_secs(5), || relay.records_seen() == 1).await;
-    let record = relay.recent_records().pop().expect("a record");
+    let record = records_of(&relay).await.pop().expect("a record");
     assert_eq!(record.session_id, session);
     assert_eq!(record.user_id, "carol");
     assert_eq!(record.model.as_deref(), Some("claude-relay-test"));
@@ -388,8 +430,8 @@ async fn the_relay_streams_the_answer_as_it_comes_and_meters_it() {
     assert_eq!(record.path, "/v1/messages");
     assert_eq!(record.usage.input_tokens, INPUT_TOKENS);
     assert_eq!(record.usage.output_tokens, OUTPUT_TOKENS);
-    assert_eq!(record.usage.cache_read_tokens, CACHE_READ_TOKENS);
-    assert_eq!(record.usage.cache_write_tokens, CACHE_WRITE_TOKENS);
+    assert_eq!(record.usage.cache_read_input_tokens, CACHE_READ_TOKENS);
+    assert_eq!(record.usage.cache_creation_input_tokens, CACHE_WRITE_TOKENS);
     assert!(
         record.duration_ms >= 1200,
         "it lasted the whole answer: {record:?}"
@@ -409,7 +451,7 @@ async fn the_relay_streams_the_answer_as_it_comes_and_meters_it() {
         relay.records_seen() == 2
     })
     .await;
-    assert_eq!(relay.recent_records().pop().unwrap().status, 429);
+    assert_eq!(records_of(&relay).await.pop().unwrap().status, 429);
 }
 
 #[tokio::test]
@@ -455,14 +497,14 @@ async fn an_unreachable_model_is_a_502_and_an_oversized_request_a_413() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(RelaySettings {
-        upstream: format!("http://127.0.0.1:{port}"),
-        credential: UpstreamCredential {
+    let relay = start_relay(
+        format!("http://127.0.0.1:{port}"),
+        UpstreamCredential {
             api_key: None,
             auth_token: Some("real-token".into()),
         },
-        run_dir: dir.path().join("run"),
-    })
+        dir.path().join("run"),
+    )
     .await
     .unwrap();
     let token = relay.issue(SessionId::new(), "frank");
@@ -487,7 +529,7 @@ async fn an_unreachable_model_is_a_502_and_an_oversized_request_a_413() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
     assert_api_error(&answer, "request_too_large");
-    let statuses: Vec<u16> = relay.recent_records().iter().map(|r| r.status).collect();
+    let statuses: Vec<u16> = records_of(&relay).await.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![502, 413]);
 }
 
@@ -536,14 +578,14 @@ async fn the_unix_socket_serves_the_same_relay_to_any_uid_with_a_token() {
 
     // A second relay on the same data (a restarted service) takes over the socket it left.
     drop(relay);
-    let again = Relay::start(RelaySettings {
-        upstream: model.base_url(),
-        credential: UpstreamCredential {
+    let again = start_relay(
+        model.base_url(),
+        UpstreamCredential {
             api_key: Some(REAL_KEY.into()),
             auth_token: None,
         },
-        run_dir: dir.path().join("run"),
-    })
+        dir.path().join("run"),
+    )
     .await
     .expect("a stale socket does not stop a new relay");
     assert_eq!(again.socket_path(), socket);
