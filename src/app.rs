@@ -124,15 +124,15 @@ impl App {
             tokio::task::spawn_blocking(tree::kill_orphaned_agent_processes);
         }
         let sessions = Arc::new(Sessions::new(
-            stores.sessions.clone(),
+            &stores,
             workspaces,
             runtime.clone(),
-            stores.events.clone(),
             Limits {
                 max_total: config.api.max_sessions,
                 max_per_user: config.api.max_sessions_per_user,
             },
             config.agent_options(),
+            config.budgets.clone(),
             audit.clone(),
         ));
         if !runtime.has_model_credentials() {

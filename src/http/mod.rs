@@ -10,6 +10,7 @@ pub mod health;
 pub mod history;
 pub mod serve;
 pub mod sessions;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +71,7 @@ impl AppState {
         history::session_events, history::list_turns, history::get_turn, history::list_messages,
         health::livez, health::readyz,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::audit,
+        usage::session_usage, usage::usage, usage::get_budget, usage::put_budget, usage::delete_budget,
     ),
     components(schemas(health::HealthDetails)),
     modifiers(&BearerAuth),
@@ -78,7 +80,8 @@ impl AppState {
          (name = "chat", description = "Talk to a session's agent, whole or streamed"),
          (name = "history", description = "A session's events (replayable), turns and conversation"),
          (name = "service", description = "Health and service information"),
-         (name = "admin", description = "API keys (admin credentials only)")),
+         (name = "usage", description = "Model tokens and cost, from the relay's records"),
+         (name = "admin", description = "API keys, budgets, the audit log (admin credentials only)")),
 )]
 pub struct ApiDoc;
 
@@ -145,6 +148,14 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route(
             "/api/v1/sessions/{session_id}/messages",
             get(history::list_messages),
+        )
+        .route("/api/v1/sessions/{session_id}/usage", get(usage::session_usage))
+        .route("/api/v1/usage", get(usage::usage))
+        .route(
+            "/api/v1/admin/users/{user_id}/budget",
+            get(usage::get_budget)
+                .put(usage::put_budget)
+                .delete(usage::delete_budget),
         )
         .route("/api/v1/chat", post(chat::chat))
         .route("/api/v1/chat/stream", post(chat::chat_stream))

@@ -4,6 +4,7 @@
 //! another user's session exactly as an unknown one. It must not know about HTTP.
 
 mod error;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +15,16 @@ use serde_json::{Map, Value};
 use serde_json::json;
 
 use crate::audit::AuditLog;
+use crate::domain::BudgetLimits;
 use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
-use crate::store::{EventStore, Limits, SessionStore, StoreError};
+use crate::store::{EventStore, Limits, SessionStore, StoreError, Stores, UsageStore};
 use crate::workspace::Workspaces;
 
 pub use crate::runtime::CliState;
 pub use crate::store::{StoredEvent, TurnRecord};
 pub use error::SessionError;
+pub use usage::{BudgetView, SessionUsage, UsageReport, UsageRequest};
 
 /// A watch on one session's events: the live reader and the store behind it.
 pub struct Watch {
@@ -52,24 +55,29 @@ pub struct Sessions {
     defaults: AgentOptions,
     runtime: Arc<Runtime>,
     events: Arc<dyn EventStore>,
+    usage: Arc<dyn UsageStore>,
+    /// The service's budgets (users' overrides are in the usage store).
+    budgets: BudgetLimits,
     audit: AuditLog,
 }
 
 impl Sessions {
     /// Wires the service from its parts.
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        stores: &Stores,
         workspaces: Workspaces,
         runtime: Arc<Runtime>,
-        events: Arc<dyn EventStore>,
         limits: Limits,
         defaults: AgentOptions,
+        budgets: BudgetLimits,
         audit: AuditLog,
     ) -> Self {
         Sessions {
             audit,
-            events,
-            store,
+            events: stores.events.clone(),
+            usage: stores.usage.clone(),
+            budgets,
+            store: stores.sessions.clone(),
             workspaces,
             limits,
             defaults,
@@ -79,7 +87,11 @@ impl Sessions {
 
     /// The user a caller acts for: `requested`, which a user principal may leave out (then it is
     /// itself) or must name itself with; an admin must name one.
-    fn acting_for(&self, caller: &Caller, requested: Option<&str>) -> Result<String, SessionError> {
+    pub(crate) fn acting_for(
+        &self,
+        caller: &Caller,
+        requested: Option<&str>,
+    ) -> Result<String, SessionError> {
         let principal = &caller.principal;
         match (requested, principal.user_id.as_deref()) {
             (Some(user), _) if principal.may_act_for(user) => Ok(user.to_string()),

@@ -48,14 +48,13 @@ impl UsageStore for MemoryStore {
     ) -> Result<Spending, StoreError> {
         let usage = self.usage.lock().await;
         let (day, month) = periods_of(at);
-        let of_user: Vec<&UsageRecord> = usage.records.iter().filter(|r| r.user_id == user_id).collect();
         let pick = |keep: &dyn Fn(&UsageRecord) -> bool| -> Spent {
-            spent(&of_user.iter().copied().filter(|r| keep(r)).collect::<Vec<_>>())
+            spent(&usage.records.iter().filter(|r| keep(r)).collect::<Vec<_>>())
         };
         Ok(Spending {
-            user_day: pick(&|r| periods_of(r.at).0 == day),
-            user_month: pick(&|r| periods_of(r.at).1 == month),
-            // Session and turn totals are the user's own (a session belongs to one user).
+            user_day: pick(&|r| r.user_id == user_id && periods_of(r.at).0 == day),
+            user_month: pick(&|r| r.user_id == user_id && periods_of(r.at).1 == month),
+            // Like the SQL backends' totals: by the session's and the turn's id alone.
             session: pick(&|r| r.session_id == session),
             turn: match turn {
                 Some(turn) => pick(&|r| r.turn_id == Some(turn)),
