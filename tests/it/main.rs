@@ -2,6 +2,7 @@
 
 mod audit_store;
 mod auth;
+mod budgets;
 mod chat;
 mod config;
 mod docker;
