@@ -14,8 +14,7 @@ use super::auth::require_admin;
 use super::error::{ApiError, ErrorBody};
 use super::sessions::SessionIdPath;
 use crate::domain::{BudgetLimits, BudgetOverride, Caller, nanos_to_usd};
-use crate::sessions::{BudgetView, UsageRequest};
-use crate::store::{Spent, UsageGroup, UsageTotals};
+use crate::sessions::{BudgetView, Spent, UsageGroup, UsageRequest, UsageTotals};
 
 /// Sums over model requests.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

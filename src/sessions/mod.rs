@@ -22,7 +22,7 @@ use crate::store::{EventStore, Limits, SessionStore, StoreError, Stores, UsageSt
 use crate::workspace::Workspaces;
 
 pub use crate::runtime::CliState;
-pub use crate::store::{StoredEvent, TurnRecord};
+pub use crate::store::{Spending, Spent, StoredEvent, TurnRecord, UsageGroup, UsageTotals};
 pub use error::SessionError;
 pub use usage::{BudgetView, SessionUsage, UsageReport, UsageRequest};
 
