@@ -185,6 +185,9 @@ pub struct IsolationConfig {
     pub memory_max_mb: u64,
     /// CPU per session, percent of one CPU (0: no limit).
     pub cpu_percent: u32,
+    /// Hosts agents may reach through the service's HTTP(S) proxy (`name`, `*.domain`, an IP
+    /// literal, each with an optional `:port`); empty: no proxy, agents reach only the model.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for IsolationConfig {
@@ -196,6 +199,7 @@ impl Default for IsolationConfig {
             pids_max: 512,
             memory_max_mb: 4096,
             cpu_percent: 100,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -927,6 +931,9 @@ impl Config {
                 "isolation.cpu_percent",
                 "must be at most 102400 (1024 CPUs)".into(),
             ));
+        }
+        if let Err(e) = crate::domain::EgressRules::parse(&iso.egress_allow) {
+            return Err(("isolation.egress_allow", format!("entry {e}")));
         }
         Ok(())
     }
