@@ -148,7 +148,8 @@ impl Egress {
 }
 
 /// The proxy URL a CLI holding `token` is given (`HTTPS_PROXY`, `HTTP_PROXY`): the token is the
-/// proxy password, which clients (curl, npm, pip, Node) send as `Proxy-Authorization: Basic`.
+/// proxy password (tokens are URL-safe), which clients (curl, git, npm, pip) send as
+/// `Proxy-Authorization: Basic`.
 pub fn proxy_url(address: SocketAddr, token: &str) -> String {
     format!("http://{PROXY_USER}:{token}@{address}")
 }
@@ -303,7 +304,7 @@ where
     };
     let Some(grant) = authenticate(&head, &proxy.relay) else {
         tracing::warn!(
-            egress.target = %head.target,
+            egress.target = %truncated(&head.target),
             "egress proxy request without a live session token refused"
         );
         let refusal = Refusal {
@@ -338,8 +339,8 @@ where
             tracing::warn!(
                 session.id = %grant.session,
                 user.id = %grant.user_id,
-                egress.method = %head.method,
-                egress.target = %head.target,
+                egress.method = %truncated(&head.method),
+                egress.target = %truncated(&head.target),
                 "egress proxy request refused: not a proxy request this proxy takes"
             );
             answer(&mut client, &refusal).await;
@@ -388,6 +389,11 @@ where
         egress.bytes_received = received,
         "egress connection closed"
     );
+}
+
+/// At most 200 characters of a client's text, for the log.
+fn truncated(text: &str) -> &str {
+    text.char_indices().nth(200).map_or(text, |(end, _)| &text[..end])
 }
 
 /// Reads until the end of the request head (bounded) and parses it.
