@@ -1616,6 +1616,31 @@ plugins:
     }
 
     #[test]
+    fn egress_allow_takes_host_patterns_and_names_a_bad_one() {
+        let good = "isolation:\n  egress_allow: [registry.npmjs.org, \"*.pythonhosted.org\", \"10.0.0.5:8080\", \"[fd00::1]\"]\n";
+        let config = load(Some(good), &[]).unwrap();
+        assert_eq!(config.isolation.egress_allow.len(), 4);
+        let from_env = load(
+            None,
+            &[("CLAUDE_AGENT_ISOLATION__EGRESS_ALLOW", "[pypi.org, github.com]")],
+        )
+        .unwrap();
+        assert_eq!(from_env.isolation.egress_allow, vec!["pypi.org", "github.com"]);
+        assert!(load(None, &[]).unwrap().isolation.egress_allow.is_empty());
+        for bad in ["*", "https://pypi.org", "pypi.org/simple", "*.org", "host:0"] {
+            let yaml = format!(
+                "isolation:\n  egress_allow: [ok.org, {}]\n",
+                serde_json::json!(bad)
+            );
+            let message = load(Some(&yaml), &[]).unwrap_err().to_string();
+            assert!(
+                message.contains("isolation.egress_allow") && message.contains(&format!("{bad:?}")),
+                "{bad:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_prefixed_variables_are_warned_about_with_the_likely_name() {
         let dir = tempfile::tempdir().unwrap();
         let env = [

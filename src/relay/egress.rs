@@ -839,6 +839,93 @@ mod tests {
         assert_eq!(refused.status, 431);
     }
 
+    /// A proxy over a real relay (its tokens) in a temporary run directory.
+    async fn proxy(rules: &[&str]) -> (Proxy, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start(super::super::RelaySettings {
+            upstream: "http://127.0.0.1:9".into(),
+            credential: super::super::UpstreamCredential::default(),
+            run_dir: dir.path().join("run"),
+        })
+        .await
+        .unwrap();
+        let proxy = Proxy {
+            rules: EgressRules::parse(rules).unwrap(),
+            relay,
+            per_session: Mutex::default(),
+        };
+        (proxy, dir)
+    }
+
+    /// Serves one connection whose client sends `request` and then waits; the whole answer.
+    async fn exchange(proxy: &Proxy, request: &str) -> String {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        far.write_all(request.as_bytes()).await.unwrap();
+        let (_, answer) = tokio::join!(serve(near, proxy), async {
+            let mut answer = String::new();
+            far.read_to_string(&mut answer).await.unwrap();
+            answer
+        });
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_whole_head_in_time_gets_408() {
+        let (proxy, _dir) = proxy(&["example.org"]).await;
+        let answer = exchange(&proxy, "CONNECT example.org:443 HTTP/1.1\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn only_a_live_token_opens_the_proxy_and_only_to_an_allowed_host() {
+        let (proxy, _dir) = proxy(&["example.org"]).await;
+        let token = proxy.relay.issue(SessionId::new(), "alice");
+        let basic = |credential: &str| base64::engine::general_purpose::STANDARD.encode(credential);
+        let connect = |host: &str, credential: &str| {
+            format!("CONNECT {host} HTTP/1.1\r\nProxy-Authorization: Basic {credential}\r\n\r\n")
+        };
+        let live = basic(&format!("cah:{}", token.secret()));
+        let answer = exchange(&proxy, &connect("example.com:443", &live)).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+        assert!(answer.contains("egress to example.com:443 refused"), "{answer}");
+        let answer = exchange(&proxy, &connect("example.org:8443", &live)).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "another port: {answer}");
+        for credential in [basic("cah:cah_relay_forged"), basic("cah:"), "%%%".into()] {
+            let answer = exchange(&proxy, &connect("example.org:443", &credential)).await;
+            assert!(answer.starts_with("HTTP/1.1 407 "), "{credential}: {answer}");
+        }
+        let secret = token.secret().to_string();
+        drop(token);
+        let revoked = basic(&format!("cah:{secret}"));
+        let answer = exchange(&proxy, &connect("example.org:443", &revoked)).await;
+        assert!(answer.starts_with("HTTP/1.1 407 "), "a revoked token: {answer}");
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_at_most_its_share_of_connections() {
+        let (proxy, _dir) = proxy(&["example.org"]).await;
+        let (alice, bob) = (SessionId::new(), SessionId::new());
+        let mut held: Vec<_> = (0..MAX_PER_SESSION)
+            .map(|_| proxy.take_slot(alice).unwrap())
+            .collect();
+        assert!(proxy.take_slot(alice).is_none(), "alice is over her share");
+        assert!(proxy.take_slot(bob).is_some(), "bob is not limited by alice");
+        held.pop();
+        assert!(
+            proxy.take_slot(alice).is_some(),
+            "a closed connection frees its slot"
+        );
+        drop(held);
+        assert!(
+            proxy
+                .per_session
+                .lock()
+                .unwrap()
+                .get(&alice)
+                .is_none_or(|n| *n == 0)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_carries_both_ways_and_closes_when_nothing_moves_for_its_idle_time() {
         let (near_client, mut client) = tokio::io::duplex(1024);
