@@ -842,13 +842,15 @@ mod tests {
     /// A proxy over a real relay (its tokens) in a temporary run directory.
     async fn proxy(rules: &[&str]) -> (Proxy, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start(super::super::RelaySettings {
+        let settings = super::super::RelaySettings {
             upstream: "http://127.0.0.1:9".into(),
             credential: super::super::UpstreamCredential::default(),
             run_dir: dir.path().join("run"),
-        })
-        .await
-        .unwrap();
+            pricing: Default::default(),
+            budgets: Default::default(),
+        };
+        let usage = std::sync::Arc::new(crate::store::MemoryStore::new(0));
+        let relay = Relay::start(settings, usage).await.unwrap();
         let proxy = Proxy {
             rules: EgressRules::parse(rules).unwrap(),
             relay,
