@@ -827,6 +827,7 @@ impl Bare {
             model: ModelAccess {
                 base_url: model.base_url(),
                 token: Some("sk-test-stand-in".into()),
+                proxy: None,
             },
             marker: false,
             features: CliFeatures::of(cli_version().as_deref()),

@@ -13,10 +13,13 @@ use crate::agent::{DirectLauncher, Inherited, Launcher, cli, tree};
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimits};
 use crate::config::{AuthMode, Config, IsolationProfile, StorageKind};
+use crate::domain::EgressRules;
 use crate::http::health::IsolationHealth;
 use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
-use crate::relay::{DEFAULT_UPSTREAM, Relay, RelayError, RelaySettings, UpstreamCredential};
+use crate::relay::{
+    DEFAULT_UPSTREAM, Egress, EgressSettings, Relay, RelayError, RelaySettings, UpstreamCredential,
+};
 use crate::runtime::{CliState, Isolation, Runtime, RuntimeSettings};
 use crate::sessions::Sessions;
 use crate::store::{
@@ -106,8 +109,10 @@ impl App {
         let (launcher, isolation, isolation_health) = choose_isolation(&config, stores.uids.clone())?;
         let inherited = Inherited::from_service_environment();
         let relay = Relay::start(relay_settings(&config, &inherited), stores.usage.clone()).await?;
+        let egress = start_egress(&config, &relay).await?;
         let mut settings = runtime_settings(&config, inherited);
         settings.isolation = isolation;
+        settings.egress_proxy = egress.map(|egress| egress.address());
         let runtime = Arc::new(Runtime::new(
             settings,
             stores.sessions.clone(),
@@ -405,7 +410,32 @@ fn runtime_settings(config: &Config, inherited: Inherited) -> RuntimeSettings {
         inherited,
         use_cgroups: true,
         isolation: None,
+        egress_proxy: None,
     }
+}
+
+/// The egress proxy, where `isolation.egress_allow` names anything (its patterns were checked by
+/// `validate`). Under profile none it runs too, and agents get its address, but nothing keeps a
+/// tool from going around it.
+async fn start_egress(config: &Config, relay: &Relay) -> Result<Option<Egress>, StartupError> {
+    let rules = EgressRules::parse(&config.isolation.egress_allow)
+        .map_err(|e| StartupError::Isolation(format!("isolation.egress_allow: entry {e}")))?;
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let egress = Egress::start(
+        EgressSettings {
+            rules,
+            run_dir: config.data_dir.join("run"),
+        },
+        relay,
+    )
+    .await?;
+    tracing::info!(
+        egress.allow = ?config.isolation.egress_allow,
+        "agents reach these hosts through the egress proxy (isolation.egress_allow)"
+    );
+    Ok(Some(egress))
 }
 
 /// The launcher, the runtime's isolation settings and what `/health` shows.
@@ -466,6 +496,7 @@ fn choose_isolation(config: &Config, uids: Arc<dyn UidStore>) -> Result<ChosenIs
         helper,
         staging: run.join("sandbox-root"),
         relay_socket: run.join("relay.sock"),
+        egress_socket: (!config.isolation.egress_allow.is_empty()).then(|| run.join("egress.sock")),
         tmp_mb,
     })
     .map_err(|e| StartupError::Isolation(format!("cannot prepare the sandbox: {e}")))?;

@@ -185,6 +185,9 @@ pub struct IsolationConfig {
     pub memory_max_mb: u64,
     /// CPU per session, percent of one CPU (0: no limit).
     pub cpu_percent: u32,
+    /// Hosts agents may reach through the service's HTTP(S) proxy (`name`, `*.domain`, an IP
+    /// literal, each with an optional `:port`); empty: no proxy, agents reach only the model.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for IsolationConfig {
@@ -196,6 +199,7 @@ impl Default for IsolationConfig {
             pids_max: 512,
             memory_max_mb: 4096,
             cpu_percent: 100,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -928,6 +932,9 @@ impl Config {
                 "must be at most 102400 (1024 CPUs)".into(),
             ));
         }
+        if let Err(e) = crate::domain::EgressRules::parse(&iso.egress_allow) {
+            return Err(("isolation.egress_allow", format!("entry {e}")));
+        }
         Ok(())
     }
 
@@ -1603,6 +1610,31 @@ plugins:
             let message = load(Some(&yaml), &[]).unwrap_err().to_string();
             assert!(
                 message.contains("api.cors_origins") && message.contains(&format!("{bad:?}")),
+                "{bad:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn egress_allow_takes_host_patterns_and_names_a_bad_one() {
+        let good = "isolation:\n  egress_allow: [registry.npmjs.org, \"*.pythonhosted.org\", \"10.0.0.5:8080\", \"[fd00::1]\"]\n";
+        let config = load(Some(good), &[]).unwrap();
+        assert_eq!(config.isolation.egress_allow.len(), 4);
+        let from_env = load(
+            None,
+            &[("CLAUDE_AGENT_ISOLATION__EGRESS_ALLOW", "[pypi.org, github.com]")],
+        )
+        .unwrap();
+        assert_eq!(from_env.isolation.egress_allow, vec!["pypi.org", "github.com"]);
+        assert!(load(None, &[]).unwrap().isolation.egress_allow.is_empty());
+        for bad in ["*", "https://pypi.org", "pypi.org/simple", "*.org", "host:0"] {
+            let yaml = format!(
+                "isolation:\n  egress_allow: [ok.org, {}]\n",
+                serde_json::json!(bad)
+            );
+            let message = load(Some(&yaml), &[]).unwrap_err().to_string();
+            assert!(
+                message.contains("isolation.egress_allow") && message.contains(&format!("{bad:?}")),
                 "{bad:?}: {message}"
             );
         }

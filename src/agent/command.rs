@@ -77,6 +77,12 @@ impl Inherited {
     }
 }
 
+/// The variables that name the egress proxy.
+pub const PROXY_VARIABLES: &[&str] = &["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"];
+
+/// What the CLI and its tools reach without the proxy: loopback, where the relay is.
+const NO_PROXY: &str = "127.0.0.1,localhost,::1";
+
 /// How a CLI reaches the model: the service's relay, and the token that opens it to this process
 /// (none when the service has no credential: the CLI then says it is not logged in).
 #[derive(Clone)]
@@ -85,6 +91,9 @@ pub struct ModelAccess {
     pub base_url: String,
     /// The process's own relay token (`ANTHROPIC_API_KEY`).
     pub token: Option<String>,
+    /// The service's egress proxy, with the process's token as its password
+    /// (`HTTPS_PROXY`/`HTTP_PROXY`); none when nothing beyond the model may be reached.
+    pub proxy: Option<String>,
 }
 
 impl std::fmt::Debug for ModelAccess {
@@ -92,6 +101,7 @@ impl std::fmt::Debug for ModelAccess {
         f.debug_struct("ModelAccess")
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("proxy", &self.proxy.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -204,6 +214,16 @@ impl SpawnSpec {
         set("ANTHROPIC_BASE_URL", self.model.base_url.clone());
         if let Some(token) = &self.model.token {
             set("ANTHROPIC_API_KEY", token.clone());
+        }
+        if let Some(proxy) = &self.model.proxy {
+            // Both spellings: curl reads only the lowercase `http_proxy`, others the uppercase.
+            for key in PROXY_VARIABLES {
+                set(key, proxy.clone());
+            }
+            // The relay is on loopback and must not be asked through the proxy.
+            for key in ["NO_PROXY", "no_proxy"] {
+                set(key, NO_PROXY.into());
+            }
         }
         set("CLAUDE_CONFIG_DIR", self.config_dir.display().to_string());
         set("HOME", self.home.display().to_string());
@@ -335,6 +355,7 @@ mod tests {
             model: ModelAccess {
                 base_url: "http://127.0.0.1:9".into(),
                 token: Some("cah_relay_k".into()),
+                proxy: None,
             },
             marker: false,
             runtime_dir: "/c/run".into(),
@@ -415,5 +436,31 @@ mod tests {
                 .iter()
                 .any(|a| a.contains("await-initialize") || a.contains("snapshot"))
         );
+    }
+
+    #[test]
+    fn the_egress_proxy_is_named_in_every_spelling_only_when_given() {
+        let var = |command: &CommandLine, key: &str| {
+            command.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        let none = spec(AgentOptions::default()).command_line();
+        for key in PROXY_VARIABLES.iter().chain(&["NO_PROXY", "no_proxy"]) {
+            assert_eq!(var(&none, key), None, "{key} without egress");
+        }
+        let mut with = spec(AgentOptions::default());
+        with.env
+            .push(("HTTPS_PROXY".into(), "http://elsewhere:3128".into()));
+        with.model.proxy = Some("http://cah:cah_relay_k@127.0.0.1:7".into());
+        let with = with.command_line();
+        for key in PROXY_VARIABLES {
+            assert_eq!(
+                var(&with, key).as_deref(),
+                Some("http://cah:cah_relay_k@127.0.0.1:7"),
+                "{key}"
+            );
+        }
+        assert_eq!(with.env.iter().filter(|(k, _)| k == "HTTPS_PROXY").count(), 1);
+        assert_eq!(var(&with, "NO_PROXY").as_deref(), Some("127.0.0.1,localhost,::1"));
+        assert_eq!(var(&with, "no_proxy").as_deref(), Some("127.0.0.1,localhost,::1"));
     }
 }

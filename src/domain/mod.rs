@@ -3,6 +3,7 @@
 //! No I/O lives here.
 
 pub mod budget;
+pub mod egress;
 pub mod events;
 pub mod options;
 pub mod principal;
@@ -12,6 +13,7 @@ pub use budget::{
     BudgetLimits, BudgetOverride, BudgetRefusal, BudgetScope, NANOS_PER_USD, Nanos, nanos_to_usd,
     usd_to_nanos,
 };
+pub use egress::{EgressRules, HostPattern, PatternError};
 pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
 };

@@ -16,6 +16,7 @@
 //! It knows nothing of sessions' lives, processes or the service's HTTP API.
 
 mod budget;
+mod egress;
 mod forward;
 mod meter;
 mod pricing;
@@ -37,6 +38,7 @@ use crate::config::PricingConfig;
 use crate::domain::{BudgetLimits, SessionId, TurnId};
 use crate::store::UsageStore;
 pub use budget::first_refusal;
+pub use egress::{Egress, EgressSettings, proxy_url};
 pub use meter::MeteredTurn;
 pub use pricing::PriceTable;
 

@@ -1158,6 +1158,10 @@ pub(super) fn prepare(
         env,
         model: ModelAccess {
             base_url: shared.relay.base_url().to_string(),
+            proxy: settings
+                .egress_proxy
+                .zip(token.as_deref())
+                .map(|(address, token)| crate::relay::proxy_url(address, token)),
             token,
         },
         // Always set: with a cgroup it only helps people (and tests) find a session's processes.

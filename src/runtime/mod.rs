@@ -75,6 +75,9 @@ pub struct RuntimeSettings {
     pub use_cgroups: bool,
     /// Per-user uids and limits (the strict profile), or none.
     pub isolation: Option<Isolation>,
+    /// The egress proxy's loopback address (`isolation.egress_allow`): each CLI gets it as
+    /// `HTTPS_PROXY`/`HTTP_PROXY` with its own relay token as the password; none: no proxy.
+    pub egress_proxy: Option<std::net::SocketAddr>,
 }
 
 /// Users isolated from each other (the strict profile): each user's CLI runs as a uid of its own,

@@ -128,6 +128,16 @@ fn bad_config_fails_at_startup_naming_the_key() {
         ),
         ("api:\n  max_connections: 0\n", vec![], "api.max_connections"),
         (
+            "isolation:\n  egress_allow: [registry.npmjs.org, \"https://x.example.org\"]\n",
+            vec![],
+            "isolation.egress_allow",
+        ),
+        (
+            "",
+            vec![("CLAUDE_AGENT_ISOLATION__EGRESS_ALLOW", "['*']")],
+            "isolation.egress_allow",
+        ),
+        (
             "",
             vec![("CLAUDE_AGENT_API__HEADER_READ_TIMEOUT_SECONDS", "0")],
             "api.header_read_timeout_seconds",

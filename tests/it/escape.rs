@@ -21,12 +21,13 @@ const SECRET: &str = "BOB-SECRET-42";
 const SERVICE_SECRET: &str = "service-secret-73";
 
 /// Whether this host can run the strict profile (root with namespaces); the stories need it.
-fn strict_possible() -> bool {
+pub(crate) fn strict_possible() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A server in the strict profile, with an environment secret of its own.
-async fn strict_server(limits: &str) -> AgentServer {
+/// A server in the strict profile, with an environment secret of its own (`limits`: more
+/// `isolation` keys).
+pub(crate) async fn strict_server(limits: &str) -> AgentServer {
     let yaml = format!("  permission_mode: bypassPermissions\nisolation:\n  profile: strict\n{limits}");
     AgentServer::start_with_env(
         &yaml,
@@ -42,7 +43,7 @@ async fn tool(app: &AgentServer, session: &str, name: &str, input: Value) -> Val
 }
 
 /// Runs a shell command in `session`; returns what the tool printed (output or error).
-async fn bash(app: &AgentServer, session: &str, command: &str) -> String {
+pub(crate) async fn bash(app: &AgentServer, session: &str, command: &str) -> String {
     let call = tool(app, session, "Bash", json!({"command": command})).await;
     call["result"].as_str().unwrap_or_default().to_string()
 }

@@ -6,6 +6,7 @@ mod budgets;
 mod chat;
 mod config;
 mod docker;
+mod egress;
 mod escape;
 mod event_store;
 mod history;

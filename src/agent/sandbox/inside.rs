@@ -5,7 +5,7 @@
 //!    signal), so the service sees the CLI's exit;
 //! 2. init (pid 1 of the new pid namespace): a new network namespace with `lo` up, the new root
 //!    (tmpfs, read-only binds, the user's trees read-write, fresh `/proc`, minimal `/dev`, private
-//!    `/tmp`), `pivot_root`; the relay forwarder; forks the CLI, reaps every zombie and exits
+//!    `/tmp`), `pivot_root`; the relay forwarder (and the egress proxy's); forks the CLI, reaps every zombie and exits
 //!    when the CLI exits (which ends every other process of the namespace);
 //! 3. the CLI: empty bounding set, no groups, the user's gid and uid (no capabilities left),
 //!    `no_new_privs`, Landlock, seccomp, then `execve`.
@@ -26,7 +26,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::{Signal, WaitOptions};
 use rustix::thread::UnshareFlags;
 
-use super::plan::{Bind, Plan, RELAY_DIR, Source, Upstream};
+use super::plan::{Bind, EGRESS_SOCKET, Plan, RELAY_DIR, RELAY_SOCKET, Source, Upstream};
 use super::{seccomp, sys};
 
 /// Exit code of a launcher that could not build the sandbox.
@@ -189,9 +189,17 @@ fn init(
         ),
         None => None,
     };
+    let egress_listener = match &plan.egress {
+        Some(egress) => Some(
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, egress.port)))
+                .map_err(|e| format!("egress proxy port {}: {e}", egress.port))?,
+        ),
+        None => None,
+    };
     let cli = match sys::fork().map_err(|e| format!("fork: {e}"))? {
         None => {
             drop(listener);
+            drop(egress_listener);
             drop(host_net);
             drop(status);
             let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
@@ -202,10 +210,14 @@ fn init(
     };
     if let (Some(listener), Some(relay)) = (listener, &plan.relay) {
         let upstream = match &relay.upstream {
-            Upstream::Unix(_) => Upstream::Unix(Path::new(RELAY_DIR).join("relay.sock")),
+            Upstream::Unix(_) => Upstream::Unix(Path::new(RELAY_DIR).join(RELAY_SOCKET)),
             other => other.clone(),
         };
         std::thread::spawn(move || forward(listener, upstream, host_net));
+    }
+    if let Some(listener) = egress_listener {
+        let upstream = Upstream::Unix(Path::new(RELAY_DIR).join(EGRESS_SOCKET));
+        std::thread::spawn(move || forward(listener, upstream, None));
     }
     let mut status = fs::File::from(status);
     loop {
@@ -376,15 +388,18 @@ fn build_root(plan: &Plan, trees: &std::collections::HashMap<i32, OwnedFd>) -> R
         None,
     )
     .map_err(|e| format!("proc: {e}"))?;
-    // The relay socket, where only root (this init) can reach it.
-    if let Some(relay) = &plan.relay
-        && let Upstream::Unix(socket) = &relay.upstream
-    {
-        let dir = inside(root, Path::new(RELAY_DIR));
-        mkdirs(&dir, 0o700)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{RELAY_DIR}: {e}"))?;
-        bind(socket, &dir.join("relay.sock"), true, false, false)?;
+    // The relay's and the egress proxy's sockets, where only root (this init) can reach them.
+    let sockets = [(&plan.relay, RELAY_SOCKET), (&plan.egress, EGRESS_SOCKET)];
+    for (forwarding, name) in sockets {
+        if let Some(forwarding) = forwarding
+            && let Upstream::Unix(socket) = &forwarding.upstream
+        {
+            let dir = inside(root, Path::new(RELAY_DIR));
+            mkdirs(&dir, 0o700)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{RELAY_DIR}: {e}"))?;
+            bind(socket, &dir.join(name), true, false, false)?;
+        }
     }
     rustix::process::chdir(root).map_err(|e| format!("chdir root: {e}"))?;
     rustix::process::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
@@ -445,8 +460,8 @@ fn run_cli(plan: &Plan) -> String {
 
 /// Landlock, as a second wall inside the namespace's view: read+execute `/usr` and the CLI, read
 /// `/etc`, `/proc` and `/dev`, everything on the user's trees, `/tmp` and the harmless devices;
-/// TCP connect only to the relay port, no TCP bind; no abstract unix sockets or signals beyond
-/// the sandbox.
+/// TCP connect only to the relay port (and the egress proxy's, where there is one), no TCP bind;
+/// no abstract unix sockets or signals beyond the sandbox.
 fn landlock(plan: &Plan) -> Result<(), String> {
     let abi = LANDLOCK_ABI;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
@@ -490,10 +505,10 @@ fn landlock(plan: &Plan) -> Result<(), String> {
     for name in ["null", "zero", "full", "tty"] {
         rule(&Path::new("/dev").join(name), file)?;
     }
-    if let Some(relay) = &plan.relay {
+    for forwarding in [&plan.relay, &plan.egress].into_iter().flatten() {
         ruleset
             .as_mut()
-            .add_rule(NetPort::new(relay.port, AccessNet::ConnectTcp))
+            .add_rule(NetPort::new(forwarding.port, AccessNet::ConnectTcp))
             .map_err(err)?;
     }
     let status = ruleset.restrict_self().map_err(err)?;

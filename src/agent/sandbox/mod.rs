@@ -7,14 +7,16 @@
 //!   session's `TMPDIR`, owned by the user); read-write only the user's workspace, the session's
 //!   working directory and the user's CLI state, each bound from a descriptor the service opened
 //!   without following links; a network namespace with only `lo`;
-//! - under Landlock (the same file rules, TCP connect only to the relay port, no TCP bind,
-//!   abstract unix sockets and signals scoped) and seccomp (`seccomp.rs`);
+//! - under Landlock (the same file rules, TCP connect only to the relay port and the egress
+//!   proxy's, no TCP bind, abstract unix sockets and signals scoped) and seccomp (`seccomp.rs`);
 //! - in the session's cgroup (joined by the service between fork and exec, with its limits).
 //!
 //! The model API: the CLI's `ANTHROPIC_BASE_URL` must be `http://127.0.0.1:P` (or `localhost`).
 //! Inside, the sandbox's init listens on `127.0.0.1:P` and forwards every connection to the
 //! service's relay socket `<data_dir>/run/relay.sock` when it exists, else to `127.0.0.1:P` in the
-//! service's own network namespace (a gateway or test stand-in on the host's loopback). Nothing
+//! service's own network namespace (a gateway or test stand-in on the host's loopback). Where the
+//! service runs its egress proxy (`isolation.egress_allow`), the port of the CLI's `HTTPS_PROXY`
+//! is forwarded the same way, always to the proxy's socket `<data_dir>/run/egress.sock`. Nothing
 //! else is reachable.
 
 mod inside;
@@ -77,6 +79,9 @@ pub struct SandboxSettings {
     pub staging: PathBuf,
     /// The service's relay socket; used when it exists.
     pub relay_socket: PathBuf,
+    /// The service's egress proxy socket, when it runs one (`isolation.egress_allow`): the only
+    /// place the CLI's `HTTPS_PROXY` port is forwarded to.
+    pub egress_socket: Option<PathBuf>,
     /// Size of each sandbox's private `/tmp`, MiB.
     pub tmp_mb: u64,
 }
@@ -171,6 +176,20 @@ impl SandboxLauncher {
         };
         set("TMPDIR", "/tmp");
         set("CLAUDE_CODE_TMPDIR", "/tmp");
+        // Forwarded to the proxy's socket only (never to a host port an inherited variable
+        // names), and only where the service runs the proxy.
+        let egress = self
+            .settings
+            .egress_socket
+            .as_ref()
+            .filter(|socket| socket.exists())
+            .and_then(|socket| {
+                let port = proxy_port(&env)?;
+                (Some(port) != base_url_port(&env)).then(|| Relay {
+                    port,
+                    upstream: Upstream::Unix(socket.clone()),
+                })
+            });
         let relay = base_url_port(&env).map(|port| Relay {
             port,
             upstream: if self.settings.relay_socket.exists() {
@@ -191,6 +210,7 @@ impl SandboxLauncher {
             staging: self.settings.staging.clone(),
             tmp_mb: self.settings.tmp_mb,
             relay,
+            egress,
             landlock: true,
             seccomp: true,
         })
@@ -226,9 +246,20 @@ fn plan_file(plan: &Plan) -> std::io::Result<OwnedFd> {
 
 /// The port of a loopback `ANTHROPIC_BASE_URL` (`http://127.0.0.1:P`, `http://localhost:P`).
 fn base_url_port(env: &[(String, String)]) -> Option<u16> {
-    let url = env.iter().find(|(k, _)| k == "ANTHROPIC_BASE_URL")?.1.as_str();
+    loopback_port(env, "ANTHROPIC_BASE_URL")
+}
+
+/// The port of a loopback `HTTPS_PROXY` (`http://user:token@127.0.0.1:P`).
+fn proxy_port(env: &[(String, String)]) -> Option<u16> {
+    loopback_port(env, "HTTPS_PROXY")
+}
+
+/// The port of the variable `key` when it is an `http://` URL on loopback (credentials allowed).
+fn loopback_port(env: &[(String, String)], key: &str) -> Option<u16> {
+    let url = env.iter().find(|(k, _)| k == key)?.1.as_str();
     let rest = url.strip_prefix("http://")?;
     let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     let (host, port) = authority.rsplit_once(':')?;
     matches!(host, "127.0.0.1" | "localhost").then_some(())?;
     port.parse().ok()
@@ -295,6 +326,13 @@ mod tests {
         assert_eq!(base_url_port(&env("https://api.anthropic.com")), None);
         assert_eq!(base_url_port(&env("http://10.0.0.1:80")), None);
         assert_eq!(base_url_port(&[]), None);
+        let proxy = |url: &str| vec![("HTTPS_PROXY".to_string(), url.to_string())];
+        assert_eq!(
+            proxy_port(&proxy("http://cah:cah_relay_x@127.0.0.1:4100")),
+            Some(4100)
+        );
+        assert_eq!(proxy_port(&proxy("http://10.0.0.1:3128")), None);
+        assert_eq!(proxy_port(&proxy("http://u@evil:1@127.0.0.2:80")), None);
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Plan {
     pub tmp_mb: u64,
     /// The relay forwarding, if the CLI reaches its model API through one.
     pub relay: Option<Relay>,
+    /// The egress proxy's forwarding (always to its unix socket), if the service runs one.
+    pub egress: Option<Relay>,
     /// Enforce Landlock (hard requirement: failing to is an error).
     pub landlock: bool,
     /// Install the seccomp filter.
@@ -85,3 +87,9 @@ pub struct Plan {
 
 /// The path inside the sandbox where the relay socket is mounted (a root-only directory).
 pub const RELAY_DIR: &str = "/run/sandbox";
+
+/// The relay socket's name in [`RELAY_DIR`].
+pub const RELAY_SOCKET: &str = "relay.sock";
+
+/// The egress proxy socket's name in [`RELAY_DIR`].
+pub const EGRESS_SOCKET: &str = "egress.sock";
