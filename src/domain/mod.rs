@@ -6,6 +6,7 @@ pub mod events;
 pub mod options;
 pub mod principal;
 pub mod session;
+pub mod webhook;
 
 pub use events::{
     SessionEvent, ToolCall, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, TurnUsage, round_usd,
@@ -13,3 +14,4 @@ pub use events::{
 pub use options::{AgentOptions, PermissionMode, PluginSpec};
 pub use principal::{Caller, Credential, Principal, Role};
 pub use session::{SessionId, SessionRecord};
+pub use webhook::WebhookEvent;

@@ -1,8 +1,8 @@
 //! Session records at rest: `trait SessionStore` and its backends (memory, SQLite, PostgreSQL). The trait's
 //! specification is the conformance story in `tests/it/store.rs`, run against every backend. Each
 //! backend also keeps turns and events (`EventStore`), transcripts (`TranscriptStore`), API keys
-//! (`KeyStore`), the audit log (`AuditStore`) and users' uids (`UidStore`); [`Stores`] is one
-//! backend seen through all six.
+//! (`KeyStore`), the audit log (`AuditStore`), users' uids (`UidStore`) and webhook deliveries
+//! (`WebhookStore`); [`Stores`] is one backend seen through all seven.
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
@@ -15,6 +15,7 @@ mod rows;
 mod sqlite;
 mod transcripts;
 mod uids;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -31,6 +32,10 @@ pub use postgres::{PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use transcripts::{Transcript, TranscriptStore};
 pub use uids::UidStore;
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, DeliveryQuery, DeliveryStatus, WebhookAttempt, WebhookDelivery,
+    WebhookStore,
+};
 
 /// One backend seen through each of its traits: the one way the service opens its stores.
 #[derive(Clone)]
@@ -47,13 +52,15 @@ pub struct Stores {
     pub audit: Arc<dyn AuditStore>,
     /// Users' uids.
     pub uids: Arc<dyn UidStore>,
+    /// Webhook deliveries.
+    pub webhooks: Arc<dyn WebhookStore>,
 }
 
 impl Stores {
     /// Every store of one backend.
     pub fn of<T>(store: Arc<T>) -> Stores
     where
-        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore + UidStore,
+        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore + UidStore + WebhookStore,
     {
         Stores {
             sessions: store.clone(),
@@ -61,7 +68,8 @@ impl Stores {
             transcripts: store.clone(),
             keys: store.clone(),
             audit: store.clone(),
-            uids: store,
+            uids: store.clone(),
+            webhooks: store,
         }
     }
 }

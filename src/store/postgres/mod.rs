@@ -2,8 +2,8 @@
 //! compiled in and run at startup (sqlx holds an advisory lock while migrating, so instances
 //! starting together take turns), the session limits checked under an advisory lock, turns
 //! and events beside the sessions they belong to, and API keys, the audit log and users' uids
-//! (`keys.rs`, `audit.rs`, `uids.rs`, the last allocated under an advisory lock), which belong to
-//! no session.
+//! (`keys.rs`, `audit.rs`, `uids.rs`, the last allocated under an advisory lock) and webhook
+//! deliveries (`webhooks.rs`, claimed with `FOR UPDATE SKIP LOCKED`), which belong to no session.
 //!
 //! An unreachable database is an outage, not a crash: every operation waits at most
 //! [`ACQUIRE_TIMEOUT`] for a connection and then fails with a connection-type `sqlx::Error`
@@ -16,6 +16,7 @@ mod keys;
 mod rows;
 mod transcripts;
 mod uids;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
