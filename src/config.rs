@@ -867,12 +867,19 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (index, webhook) in self.webhooks.iter().enumerate() {
             let key = |field: &str| format!("webhooks[{index}].{field}");
-            let url = reqwest::Url::parse(&webhook.url)
-                .map_err(|e| (key("url"), format!("{:?} is not a URL: {e}", redact_url(&webhook.url))))?;
+            let url = reqwest::Url::parse(&webhook.url).map_err(|e| {
+                (
+                    key("url"),
+                    format!("{:?} is not a URL: {e}", redact_url(&webhook.url)),
+                )
+            })?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
                 return Err((
                     key("url"),
-                    format!("{:?} must be an http or https URL with a host", redact_url(&webhook.url)),
+                    format!(
+                        "{:?} must be an http or https URL with a host",
+                        redact_url(&webhook.url)
+                    ),
                 ));
             }
             if !seen.insert(url.as_str().to_string()) {
@@ -911,8 +918,16 @@ impl Config {
             }
         };
         bounded("max_attempts", u64::from(delivery.max_attempts), 1..=100)?;
-        bounded("retry_backoff_ms", delivery.retry_backoff_ms, 10..=MAX_TURN_SECONDS * 1000)?;
-        bounded("retry_backoff_max_seconds", delivery.retry_backoff_max_seconds, 1..=MAX_TURN_SECONDS)?;
+        bounded(
+            "retry_backoff_ms",
+            delivery.retry_backoff_ms,
+            10..=MAX_TURN_SECONDS * 1000,
+        )?;
+        bounded(
+            "retry_backoff_max_seconds",
+            delivery.retry_backoff_max_seconds,
+            1..=MAX_TURN_SECONDS,
+        )?;
         bounded("timeout_seconds", delivery.timeout_seconds, 1..=300)
     }
 

@@ -70,6 +70,7 @@ impl AppState {
         history::session_events, history::list_turns, history::get_turn, history::list_messages,
         health::livez, health::readyz,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::audit,
+        admin::webhook_deliveries,
     ),
     components(schemas(health::HealthDetails)),
     modifiers(&BearerAuth),
@@ -78,7 +79,7 @@ impl AppState {
          (name = "chat", description = "Talk to a session's agent, whole or streamed"),
          (name = "history", description = "A session's events (replayable), turns and conversation"),
          (name = "service", description = "Health and service information"),
-         (name = "admin", description = "API keys (admin credentials only)")),
+         (name = "admin", description = "API keys, the audit log and webhook deliveries (admin credentials only)")),
 )]
 pub struct ApiDoc;
 
@@ -154,6 +155,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/api/v1/admin/keys/{key_id}", delete(admin::revoke_key))
         .route("/api/v1/admin/audit", get(admin::audit))
+        .route(
+            "/api/v1/admin/webhooks/deliveries",
+            get(admin::webhook_deliveries),
+        )
         // Every route above needs a caller; the public ones below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/health", get(health::health))

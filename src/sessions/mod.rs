@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{EventStore, Limits, SessionStore, StoreError};
+use crate::webhooks::{DeletionReason, Webhooks};
 use crate::workspace::Workspaces;
 
 pub use crate::runtime::CliState;
@@ -53,6 +54,7 @@ pub struct Sessions {
     runtime: Arc<Runtime>,
     events: Arc<dyn EventStore>,
     audit: AuditLog,
+    webhooks: Webhooks,
 }
 
 impl Sessions {
@@ -65,9 +67,11 @@ impl Sessions {
         limits: Limits,
         defaults: AgentOptions,
         audit: AuditLog,
+        webhooks: Webhooks,
     ) -> Self {
         Sessions {
             audit,
+            webhooks,
             events,
             store,
             workspaces,
@@ -189,6 +193,7 @@ impl Sessions {
             id,
             serde_json::Value::Null,
         );
+        self.webhooks.session_deleted(&record, DeletionReason::Deleted);
         self.runtime.close(id, &record.user_id).await;
         Ok(())
     }
@@ -197,6 +202,7 @@ impl Sessions {
     pub async fn purge_expired(&self) -> Result<usize, SessionError> {
         let purged = self.store.purge_expired().await?;
         for record in &purged {
+            self.webhooks.session_deleted(record, DeletionReason::Expired);
             self.runtime.close(record.session_id, &record.user_id).await;
         }
         Ok(purged.len())
@@ -310,6 +316,11 @@ impl Sessions {
     /// The live agents of this instance.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Where events go to webhooks, and their deliveries.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// Whether the store answers.

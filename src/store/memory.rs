@@ -8,13 +8,13 @@ use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
 use super::uids::UidRange;
-use super::{
-    ApiKeyRecord, AuditQuery, AuditRecord, AuditStore, EventStore, Expiry, KeyStore, LimitScope, Limits,
-    SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus, UidStore,
-};
 use super::webhooks::{
     ClaimedDelivery, DeliveryQuery, DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookStore,
     outcome_columns,
+};
+use super::{
+    ApiKeyRecord, AuditQuery, AuditRecord, AuditStore, EventStore, Expiry, KeyStore, LimitScope, Limits,
+    SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus, UidStore,
 };
 use crate::domain::{SessionId, SessionRecord, TurnId};
 

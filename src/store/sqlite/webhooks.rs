@@ -7,12 +7,9 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::{SqliteStore, from_micros, micros};
-use crate::store::webhooks::{
-    attempts_from_sql, http_status_from_sql, outcome_columns, status_from_sql,
-};
+use crate::store::webhooks::{attempts_from_sql, http_status_from_sql, outcome_columns, status_from_sql};
 use crate::store::{
-    ClaimedDelivery, DeliveryQuery, DeliveryStatus, StoreError, WebhookAttempt, WebhookDelivery,
-    WebhookStore,
+    ClaimedDelivery, DeliveryQuery, DeliveryStatus, StoreError, WebhookAttempt, WebhookDelivery, WebhookStore,
 };
 
 /// The columns of `webhook_deliveries` a delivery is read from, in [`DeliveryRow`]'s order.
