@@ -22,4 +22,5 @@ mod store;
 mod support;
 mod tenancy;
 mod uid_store;
+mod webhook_store;
 mod workspace_security;
