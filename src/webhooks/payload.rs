@@ -2,7 +2,7 @@
 //! service knows when the event happens. Never a prompt, an answer's text, a tool's input or a
 //! secret: a receiver that needs more reads the turn or session through the API.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ impl Event {
         json!({
             "id": self.id.to_string(),
             "type": self.kind.as_str(),
-            "created_at": self.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            "created_at": self.at,
             "data": self.data,
         })
         .to_string()
@@ -141,8 +141,8 @@ pub(super) fn session_deleted(session: &SessionRecord, reason: DeletionReason) -
             "reason": reason.as_str(),
             "session": {
                 "subdir": session.subdir,
-                "created_at": session.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-                "last_active_at": session.last_active_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                "created_at": session.created_at,
+                "last_active_at": session.last_active_at,
                 "message_count": session.message_count,
                 "metadata": session.metadata,
             },

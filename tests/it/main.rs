@@ -23,4 +23,5 @@ mod support;
 mod tenancy;
 mod uid_store;
 mod webhook_store;
+mod webhooks;
 mod workspace_security;
