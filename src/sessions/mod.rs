@@ -59,6 +59,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Wires the service from its parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn SessionStore>,
         workspaces: Workspaces,

@@ -550,7 +550,7 @@ impl WebhookStore for MemoryStore {
             .filter(|d| query.before.is_none_or(|before| d.created_at < before))
             .cloned()
             .collect();
-        found.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        found.sort_by_key(|d| std::cmp::Reverse((d.created_at, d.id)));
         found.truncate(query.limit as usize);
         Ok(found)
     }

@@ -72,7 +72,11 @@ async fn deliveries_are_kept_as_given_and_listed_newest_first(backend: Backend) 
         .insert_webhooks(&[oldest.clone(), middle.clone()])
         .await
         .unwrap();
-    backend.webhooks.insert_webhooks(&[newest.clone()]).await.unwrap();
+    backend
+        .webhooks
+        .insert_webhooks(std::slice::from_ref(&newest))
+        .await
+        .unwrap();
     let all = |limit| DeliveryQuery {
         limit,
         ..DeliveryQuery::default()
@@ -124,7 +128,11 @@ async fn deliveries_are_kept_as_given_and_listed_newest_first(backend: Backend) 
 
 async fn a_duplicate_id_is_a_conflict_and_stores_nothing_of_its_batch(backend: Backend) {
     let first = delivery("turn.completed", now());
-    backend.webhooks.insert_webhooks(&[first.clone()]).await.unwrap();
+    backend
+        .webhooks
+        .insert_webhooks(std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let fresh = delivery("turn.failed", now());
     let again = WebhookDelivery {
         event: "session.deleted".into(),
