@@ -2,7 +2,8 @@
 //! the store never send one at the same time), POSTs each signed body to its endpoint, and records
 //! the attempt: delivered on a 2xx, else tried again after an exponential backoff until
 //! `webhook_delivery.max_attempts`. It sleeps until the next delivery is due or a new one is
-//! stored, and stops between rounds when asked.
+//! stored, and stops between rounds when asked (attempts under way get a short grace, then are
+//! recorded as cut short and left to the next run).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,10 @@ const STORE_RETRY: Duration = Duration::from_secs(2);
 
 /// The shortest sleep, so a delivery due in the past that cannot be claimed yet is not spun on.
 const MIN_SLEEP: Duration = Duration::from_millis(20);
+
+/// How long attempts under way may go on once the service stops; then they are cut short and
+/// recorded as failed (to be tried again by the next run), so a stop is not held up by an endpoint.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What one attempt needs.
 pub(super) struct Worker {
@@ -69,13 +74,25 @@ impl Worker {
         }
     }
 
-    /// Makes one attempt of a claimed delivery and records it.
-    async fn attempt(&self, claimed: ClaimedDelivery) {
+    /// Makes one attempt of a claimed delivery and records it; cut short `STOP_GRACE` after
+    /// `stopped` says so.
+    async fn attempt(&self, claimed: ClaimedDelivery, mut stopped: watch::Receiver<bool>) {
         let ClaimedDelivery { delivery, claim } = claimed;
         let number = delivery.attempts + 1;
         let at = Utc::now();
+        let stopping = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
         let result = match self.endpoints.iter().find(|e| e.url == delivery.url) {
-            Some(endpoint) => self.post(endpoint, &delivery, number).await,
+            Some(endpoint) => tokio::select! {
+                result = self.post(endpoint, &delivery, number) => result,
+                () = stopping => Err(Failure {
+                    http_status: None,
+                    error: "the service stopped during the attempt".into(),
+                    final_: false,
+                }),
+            },
             None => Err(Failure {
                 http_status: None,
                 error: "no webhook with this url is configured any more".into(),
@@ -198,7 +215,8 @@ pub(super) async fn run(worker: Worker, wake: Arc<Notify>, mut stopped: watch::R
         }
         let wait = match worker.store.claim_webhooks(Utc::now(), lease, BATCH).await {
             Ok(claimed) if !claimed.is_empty() => {
-                futures_util::future::join_all(claimed.into_iter().map(|c| worker.attempt(c))).await;
+                let attempts = claimed.into_iter().map(|c| worker.attempt(c, stopped.clone()));
+                futures_util::future::join_all(attempts).await;
                 continue;
             }
             Ok(_) => match worker.store.next_webhook_due().await {

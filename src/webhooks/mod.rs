@@ -212,8 +212,8 @@ impl Webhooks {
     }
 
     /// Writes what is queued to the store (waiting at most a few seconds), then stops the worker
-    /// (an attempt under way ends first, within `webhook_delivery.timeout_seconds`). Deliveries
-    /// still pending are sent by the next run.
+    /// (attempts under way get a short grace, then are recorded as cut short). Deliveries still
+    /// pending are sent by the next run.
     pub async fn shutdown(&self) {
         let (done, written) = oneshot::channel();
         if self.inner.queue.send(Message::Flush(done)).await.is_ok()

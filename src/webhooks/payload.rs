@@ -95,13 +95,17 @@ pub(super) fn turn_ended(
                 })),
             )];
             if *code == TurnErrorCode::BudgetExceeded {
-                // The CLI's own per-message budget is the one limit the service knows of here; a
-                // limit enforced elsewhere says which in its message.
+                // The session's own per-message budget (the CLI's `--max-budget-usd`) is named when
+                // the turn spent it; a limit enforced elsewhere says which in its message.
+                let own_budget = session
+                    .options
+                    .max_budget_usd
+                    .filter(|limit| partial.total_cost_usd >= *limit);
                 events.push(Event::new(
                     WebhookEvent::BudgetExceeded,
                     ids(json!({
-                        "limit": "max_budget_usd",
-                        "limit_usd": session.options.max_budget_usd,
+                        "limit": own_budget.map(|_| "max_budget_usd"),
+                        "limit_usd": own_budget,
                         "spent_usd": partial.total_cost_usd,
                         "message": message,
                     })),

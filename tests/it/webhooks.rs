@@ -90,11 +90,15 @@ struct ReceiverState {
     otherwise: Mutex<u16>,
 }
 
-/// An endpoint on 127.0.0.1 that records every POST and answers as told (200 unless told).
+/// An endpoint on 127.0.0.1 that records every POST and answers as told (200 unless told). It
+/// runs on a thread of its own, so it answers while the story waits for a server to stop.
 struct Receiver {
     url: String,
     state: Arc<ReceiverState>,
 }
+
+/// Told as a status: the request is never answered.
+const HANG: u16 = 0;
 
 impl Receiver {
     async fn start() -> Receiver {
@@ -103,9 +107,19 @@ impl Receiver {
         let app = Router::new()
             .route("/hooks", post(receive))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap()
+            })
+        });
         Receiver { url, state }
     }
 
@@ -156,6 +170,9 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
         answered: answer,
     });
+    if answer == HANG {
+        std::future::pending::<()>().await;
+    }
     StatusCode::from_u16(answer).unwrap()
 }
 
@@ -359,6 +376,7 @@ async fn a_spent_budget_is_posted_as_budget_exceeded_beside_turn_failed() {
     let turn = turns(&app.server, &session).await.pop().unwrap();
     assert_eq!(data["turn_id"], turn["turn_id"]);
     assert_eq!(data["spent_usd"], turn["total_cost_usd"]);
+    assert!(data["spent_usd"].as_f64().unwrap() >= 0.000001, "{data}");
     let failed = receiver.delivered("turn.failed").await;
     assert_eq!(failed.json()["data"]["error"]["code"], "budget_exceeded");
     assert_eq!(failed.json()["data"]["turn_id"], turn["turn_id"]);
@@ -535,6 +553,78 @@ async fn a_delivery_pending_while_the_service_is_stopped_is_delivered_after_a_re
         1,
         "delivered once"
     );
+}
+
+#[tokio::test]
+async fn a_turn_cut_short_by_a_crash_is_posted_as_turn_failed_by_the_next_run() {
+    let receiver = Receiver::start().await;
+    let app = AgentServer::start_durable(&webhooks_yaml(&[(&receiver, &["turn.failed"])])).await;
+    let (session, _) = app.session("alice").await;
+    let running = app.stream_a_running_sleep(&session).await;
+    let app = app.crash_and_restart().await;
+    drop(running);
+    let failed = receiver.delivered("turn.failed").await;
+    assert!(failed.signed_with(SECRET));
+    let data = failed.json()["data"].clone();
+    assert_eq!(data["error"]["code"], "service_restarted");
+    assert_eq!(data["status"], "failed");
+    assert_eq!(data["session_id"], session.as_str());
+    assert_eq!(data["turn_id"], turns(&app.server, &session).await[0]["turn_id"]);
+}
+
+#[tokio::test]
+async fn a_turn_ended_by_a_shutdown_is_posted_by_this_run_or_the_next() {
+    let receiver = Receiver::start().await;
+    let app = AgentServer::start_durable(&webhooks_yaml(&[(&receiver, &["turn.failed"])])).await;
+    let (session, _) = app.session("alice").await;
+    let running = app.stream_a_running_sleep(&session).await;
+    // A graceful stop ends the turn and writes its event out before the service exits.
+    let app = app.restart().await;
+    drop(running);
+    let failed = receiver.delivered("turn.failed").await;
+    assert!(failed.signed_with(SECRET));
+    let data = failed.json()["data"].clone();
+    assert_eq!(data["error"]["code"], "service_shutdown");
+    assert_eq!(data["turn_id"], turns(&app.server, &session).await[0]["turn_id"]);
+}
+
+#[tokio::test]
+async fn an_attempt_under_way_at_a_stop_is_cut_short_recorded_and_made_again_by_the_next_run() {
+    let receiver = Receiver::start().await;
+    // The first request is never answered, and the service would wait long for it: longer than a
+    // stop may take (the test support gives it 30 s).
+    receiver.answer_next(&[HANG]);
+    let yaml = format!(
+        "{}  timeout_seconds: 300\n",
+        webhooks_yaml(&[(&receiver, &["session.deleted"])])
+    );
+    let server = TestServer::start_durable(&yaml, Vec::new()).await;
+    let session = server.user("alice").create_session(None).await;
+    let session = session["session_id"].as_str().unwrap();
+    assert!(
+        server
+            .delete(&format!("/api/v1/sessions/{session}"))
+            .await
+            .status()
+            .is_success()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while receiver.received().is_empty() {
+        assert!(Instant::now() < deadline, "no attempt");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let server = server.restart().await;
+    let delivered = receiver.delivered("session.deleted").await;
+    // Attempt 1 was recorded when the stop cut it short: the next run makes attempt 2 (had it
+    // been left claimed, its lease would run out first and the attempt would be 1 again).
+    assert_eq!(delivered.header("x-webhook-attempt"), "2");
+    assert_eq!(receiver.received()[0].header("x-webhook-attempt"), "1");
+    let event_id = delivered.json()["id"].as_str().unwrap().to_string();
+    let listed = deliveries_of(&server, &event_id, |found| {
+        found.first().is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert_eq!(listed[0]["attempts"], 2);
 }
 
 #[tokio::test]
