@@ -1264,6 +1264,18 @@ fn apply_env(
         }
         *slot = if TEXT_ENV_KEYS.contains(&key.as_str()) {
             Value::String(raw)
+        } else if key == "webhooks" {
+            // Refused here, not by serde: its error would quote the text, secrets and all.
+            match yaml_serde::from_str::<Value>(&raw) {
+                Ok(list @ Value::Array(_)) => list,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        origin: format!(" (from environment {name})"),
+                        message: "must be a YAML or JSON list of {url, events, secret}".into(),
+                    });
+                }
+            }
         } else {
             env_value(slot, &raw)
         };

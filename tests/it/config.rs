@@ -117,6 +117,14 @@ fn webhook_secrets_never_print_from_the_file_or_the_environment() {
     assert!(!out.contains("whsec-env-0123456789"), "{out}");
     let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
     assert_eq!(config["webhooks"][0]["events"][0], "session.deleted");
+    // A list that does not parse is refused without being quoted.
+    let broken = [(
+        "CLAUDE_AGENT_WEBHOOKS",
+        r#"[{"url": "http://127.0.0.1:9/h", "secret": "whsec-env-0123456789""#,
+    )];
+    let (ok, _, err) = print_config("", &broken);
+    assert!(!ok && err.contains("CLAUDE_AGENT_WEBHOOKS"), "{err}");
+    assert!(!err.contains("whsec-env-0123456789"), "{err}");
 }
 
 #[test]
