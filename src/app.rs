@@ -25,6 +25,7 @@ use crate::sessions::Sessions;
 use crate::store::{
     Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores, UidStore,
 };
+use crate::webhooks::Webhooks;
 use crate::workspace::Workspaces;
 
 /// Why the service could not start.
@@ -106,6 +107,12 @@ impl App {
         let mode = auth_mode(&config, &listener)?;
         let audit = AuditLog::new(stores.audit.clone());
         spawn_audit_pruner(audit.clone(), config.audit.retention_days);
+        let webhooks = Webhooks::start(
+            &config.webhooks,
+            &config.webhook_delivery,
+            stores.webhooks.clone(),
+        );
+        spawn_webhook_pruner(webhooks.clone(), config.webhook_delivery.retention_days);
         let (launcher, isolation, isolation_health) = choose_isolation(&config, stores.uids.clone())?;
         let inherited = Inherited::from_service_environment();
         let relay = Relay::start(relay_settings(&config, &inherited), stores.usage.clone()).await?;
@@ -122,6 +129,7 @@ impl App {
             stores.transcripts.clone(),
             audit.clone(),
             relay,
+            webhooks.clone(),
         ));
         let isolation_health = check_cgroups(&config, &runtime, isolation_health)?;
         runtime.recover_interrupted_turns().await?;
@@ -139,6 +147,7 @@ impl App {
             config.agent_options(),
             config.budgets.clone(),
             audit.clone(),
+            webhooks,
         ));
         if !runtime.has_model_credentials() {
             tracing::warn!(
@@ -215,6 +224,8 @@ impl App {
         http::serve::serve(self.listener, self.router, self.limits, signal).await;
         self.sessions.runtime().shutdown().await;
         let _ = stopped_rx.await;
+        // After the agents: the turns they ended are told too (or kept for the next run).
+        self.sessions.webhooks().shutdown().await;
         Ok(())
     }
 }
@@ -336,6 +347,31 @@ fn spawn_audit_pruner(audit: AuditLog, retention_days: u32) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(audit.pruned = n, "pruned audit records past audit.retention_days"),
                 Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+            }
+        }
+    });
+}
+
+/// Prunes webhook deliveries (delivered or failed) older than `retention_days` (0: keep them) at
+/// startup and every hour.
+fn spawn_webhook_pruner(webhooks: Webhooks, retention_days: u32) {
+    if retention_days == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let before = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            match webhooks.prune(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        webhooks.pruned = n,
+                        "pruned webhook deliveries past webhook_delivery.retention_days"
+                    )
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed"),
             }
         }
     });

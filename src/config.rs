@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentOptions, BudgetLimits, PermissionMode, PluginSpec};
+use crate::domain::{AgentOptions, BudgetLimits, PermissionMode, PluginSpec, WebhookEvent};
 
 /// A configuration problem, always naming the key or file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,10 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// Spending limits per user, session and turn, enforced by the model relay.
     pub budgets: BudgetLimits,
+    /// Endpoints told about events (`turn.completed`, ...), each with a signing secret.
+    pub webhooks: Vec<WebhookConfig>,
+    /// How webhook deliveries are tried.
+    pub webhook_delivery: WebhookDeliveryConfig,
 }
 
 /// The `pricing` section: USD per million tokens, by model. Built-in prices cover current Claude
@@ -152,6 +156,57 @@ impl Default for PricingConfig {
         PricingConfig {
             models: BTreeMap::new(),
             fallback: ModelPrice::of(15.0, 75.0),
+        }
+    }
+}
+
+/// One entry of `webhooks`: where to send which events, signed with which secret.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An `http` or `https` URL, POSTed to.
+    pub url: String,
+    /// The events it receives (at least one).
+    pub events: Vec<WebhookEvent>,
+    /// The HMAC-SHA256 key of the `X-Webhook-Signature` header (at least 16 bytes); redacted when
+    /// printed, never stored.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `webhook_delivery` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookDeliveryConfig {
+    /// Attempts per delivery, the first included; then it is given up on (`failed`).
+    pub max_attempts: u32,
+    /// Milliseconds before the first retry; each further retry waits twice as long as the last.
+    pub retry_backoff_ms: u64,
+    /// The longest wait between two attempts, seconds.
+    pub retry_backoff_max_seconds: u64,
+    /// Seconds an attempt may take (connecting, sending, the answer's status) before it counts as
+    /// failed.
+    pub timeout_seconds: u64,
+    /// Days delivered and failed deliveries are kept (0: forever).
+    pub retention_days: u32,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        WebhookDeliveryConfig {
+            max_attempts: 12,
+            retry_backoff_ms: 2000,
+            retry_backoff_max_seconds: 3600,
+            timeout_seconds: 10,
+            retention_days: 7,
         }
     }
 }
@@ -430,6 +485,8 @@ impl Default for Config {
             isolation: IsolationConfig::default(),
             pricing: PricingConfig::default(),
             budgets: BudgetLimits::default(),
+            webhooks: Vec::new(),
+            webhook_delivery: WebhookDeliveryConfig::default(),
         }
     }
 }
@@ -507,6 +564,9 @@ impl Default for AgentDefaults {
     }
 }
 
+/// The shortest webhook secret accepted: an HMAC key much shorter than this is guessable.
+const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
 /// The seed's environment variables and the key each one sets.
 const NAMED_ENV: &[(&str, &str)] = &[
     ("CLAUDE_AGENT_DATA_DIR", "data_dir"),
@@ -527,6 +587,8 @@ const NAMED_ENV: &[(&str, &str)] = &[
     ("CLAUDE_AGENT_MEMORY_LIMIT_MB", "api.memory_limit_mb"),
     ("CLAUDE_AGENT_IDLE_SESSION_TIMEOUT", "api.idle_session_timeout"),
     ("CLAUDE_AGENT_CLI_PATH", "defaults.cli_path"),
+    // The whole list as YAML or JSON, e.g. from a container secret.
+    ("CLAUDE_AGENT_WEBHOOKS", "webhooks"),
 ];
 
 const ENV_PREFIX: &str = "CLAUDE_AGENT_";
@@ -632,9 +694,11 @@ impl Config {
         config.make_paths_absolute();
         config
             .validate(options)
+            .map_err(|(key, message)| (key.to_string(), message))
+            .and_then(|()| config.validate_webhooks())
             .map_err(|(key, message)| ConfigError::Invalid {
-                origin: origin_of(&origins, key),
-                key: key.to_string(),
+                origin: origin_of(&origins, &key),
+                key,
                 message,
             })?;
         Ok(Loaded { config, warnings })
@@ -703,6 +767,12 @@ impl Config {
         }
         if self.auth.jwt.hs256_secret.is_some() {
             value["auth"]["jwt"]["hs256_secret"] = Value::String(REDACTED.into());
+        }
+        if let Some(webhooks) = value["webhooks"].as_array_mut() {
+            for (webhook, config) in webhooks.iter_mut().zip(&self.webhooks) {
+                webhook["secret"] = Value::String(REDACTED.into());
+                webhook["url"] = Value::String(redact_url(&config.url));
+            }
         }
         if let Some(servers) = value["mcp_servers"].as_object_mut() {
             for server in servers.values_mut() {
@@ -893,6 +963,76 @@ impl Config {
             return Err((key, format!("is {bad}: a budget is USD, 0 or more (or null)")));
         }
         Ok(())
+    }
+
+    /// The `webhooks` entries (each error names its entry's key, e.g. `webhooks[1].url`) and the
+    /// `webhook_delivery` keys.
+    fn validate_webhooks(&self) -> Result<(), (String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        for (index, webhook) in self.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("webhooks[{index}].{field}");
+            let url = reqwest::Url::parse(&webhook.url).map_err(|e| {
+                (
+                    key("url"),
+                    format!("{:?} is not a URL: {e}", redact_url(&webhook.url)),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+                return Err((
+                    key("url"),
+                    format!(
+                        "{:?} must be an http or https URL with a host",
+                        redact_url(&webhook.url)
+                    ),
+                ));
+            }
+            if !seen.insert(url.as_str().to_string()) {
+                return Err((
+                    key("url"),
+                    "is listed twice (list all of its events in one entry)".into(),
+                ));
+            }
+            if webhook.events.is_empty() {
+                return Err((
+                    key("events"),
+                    format!(
+                        "must name at least one of {}",
+                        WebhookEvent::ALL.map(WebhookEvent::as_str).join(", ")
+                    ),
+                ));
+            }
+            if webhook.secret.len() < MIN_WEBHOOK_SECRET_BYTES {
+                return Err((
+                    key("secret"),
+                    format!(
+                        "must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
+        }
+        let delivery = &self.webhook_delivery;
+        let bounded = |key: &str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err((
+                    format!("webhook_delivery.{key}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ))
+            }
+        };
+        bounded("max_attempts", u64::from(delivery.max_attempts), 1..=100)?;
+        bounded(
+            "retry_backoff_ms",
+            delivery.retry_backoff_ms,
+            10..=MAX_TURN_SECONDS * 1000,
+        )?;
+        bounded(
+            "retry_backoff_max_seconds",
+            delivery.retry_backoff_max_seconds,
+            1..=MAX_TURN_SECONDS,
+        )?;
+        bounded("timeout_seconds", delivery.timeout_seconds, 1..=300)
     }
 
     /// The `isolation` keys: a uid range that is neither root's nor wrapping, limits the CLI can
@@ -1231,6 +1371,18 @@ fn apply_env(
         }
         *slot = if TEXT_ENV_KEYS.contains(&key.as_str()) {
             Value::String(raw)
+        } else if key == "webhooks" {
+            // Refused here, not by serde: its error would quote the text, secrets and all.
+            match yaml_serde::from_str::<Value>(&raw) {
+                Ok(list @ Value::Array(_)) => list,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        origin: format!(" (from environment {name})"),
+                        message: "must be a YAML or JSON list of {url, events, secret}".into(),
+                    });
+                }
+            }
         } else {
             env_value(slot, &raw)
         };
@@ -1240,7 +1392,16 @@ fn apply_env(
 }
 
 /// The sections whose keys `CLAUDE_AGENT_<SECTION>__<KEY>` sets.
-const SECTIONS: &[&str] = &["user", "session", "api", "defaults", "auth", "audit", "isolation"];
+const SECTIONS: &[&str] = &[
+    "user",
+    "session",
+    "api",
+    "defaults",
+    "auth",
+    "audit",
+    "isolation",
+    "webhook_delivery",
+];
 
 /// Variables with the prefix that are not configuration: the marker every agent process carries
 /// (`agent::tree::SESSION_MARKER`), inherited by a service started from inside a session.
@@ -1335,7 +1496,9 @@ fn env_value(current: &Value, raw: &str) -> Value {
 fn origin_of(origins: &BTreeMap<String, String>, key: &str) -> String {
     origins
         .iter()
-        .find(|(set, _)| key == set.as_str() || key.starts_with(&format!("{set}.")))
+        .find(|(set, _)| {
+            key == set.as_str() || key.starts_with(&format!("{set}.")) || key.starts_with(&format!("{set}["))
+        })
         .map(|(_, var)| format!(" (from environment {var})"))
         .unwrap_or_default()
 }

@@ -17,4 +17,5 @@ pub mod runtime;
 pub mod sessions;
 pub mod store;
 pub mod tls;
+pub mod webhooks;
 pub mod workspace;

@@ -8,6 +8,7 @@ pub mod events;
 pub mod options;
 pub mod principal;
 pub mod session;
+pub mod webhook;
 
 pub use budget::{
     BudgetLimits, BudgetOverride, BudgetRefusal, BudgetScope, NANOS_PER_USD, Nanos, nanos_to_usd,
@@ -20,3 +21,4 @@ pub use events::{
 pub use options::{AgentOptions, PermissionMode, PluginSpec};
 pub use principal::{Caller, Credential, Principal, Role};
 pub use session::{SessionId, SessionRecord};
+pub use webhook::WebhookEvent;

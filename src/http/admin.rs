@@ -1,4 +1,4 @@
-//! `/api/v1/admin/...`: API key management, for admin credentials only.
+//! `/api/v1/admin/...`: API keys, the audit log and webhook deliveries, for admin credentials only.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -13,7 +13,8 @@ use super::auth::require_admin;
 use super::error::{ApiError, ErrorBody};
 use crate::audit::{AuditQuery, AuditRecord};
 use crate::auth::{ApiKeyRecord, KeyError};
-use crate::domain::{Caller, Role};
+use crate::domain::{Caller, Role, WebhookEvent};
+use crate::webhooks::{DeliveryQuery, DeliveryStatus, WebhookDelivery};
 
 /// `POST /api/v1/admin/keys` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -241,5 +242,141 @@ pub async fn audit(
     Ok(Json(AuditPage {
         records: records.into_iter().map(AuditEntry::from).collect(),
         next_after_id,
+    }))
+}
+
+/// `GET /api/v1/admin/webhooks/deliveries` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesParams {
+    /// Only deliveries in this state: `pending`, `delivered` or `failed`.
+    pub status: Option<String>,
+    /// Only deliveries of this event (`turn.completed`, `turn.failed`, `budget.exceeded`,
+    /// `session.deleted`).
+    pub event: Option<String>,
+    /// Only deliveries created before this time (RFC 3339; the previous page's `next_before`).
+    pub before: Option<DateTime<Utc>>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// One webhook delivery: an event for one endpoint, and how its delivery went. Never a secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryEntry {
+    /// The delivery's id (`X-Webhook-Delivery`).
+    pub id: String,
+    /// The event's id: the payload's `id` and `X-Webhook-Id`, the same on every attempt.
+    pub event_id: String,
+    /// The event (`turn.completed`, ...).
+    pub event: String,
+    /// The endpoint (a password in it is shown as `***`).
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the event happened.
+    pub created_at: DateTime<Utc>,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// The endpoint's HTTP status at the last attempt, if it answered.
+    pub last_http_status: Option<u16>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The body sent: `{id, type, created_at, data}`.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+impl From<WebhookDelivery> for DeliveryEntry {
+    fn from(delivery: WebhookDelivery) -> Self {
+        let pending = delivery.status == DeliveryStatus::Pending;
+        DeliveryEntry {
+            id: delivery.id.to_string(),
+            event_id: delivery.event_id.to_string(),
+            url: without_password(&delivery.url),
+            status: delivery.status.as_str().to_string(),
+            attempts: delivery.attempts,
+            created_at: delivery.created_at,
+            next_attempt_at: pending.then_some(delivery.next_attempt_at),
+            last_attempt_at: delivery.last_attempt_at,
+            last_http_status: delivery.last_http_status,
+            last_error: delivery.last_error,
+            delivered_at: delivery.delivered_at,
+            payload: serde_json::from_str(&delivery.payload).unwrap_or(serde_json::Value::Null),
+            event: delivery.event,
+        }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A page of webhook deliveries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveriesPage {
+    /// Newest first.
+    pub deliveries: Vec<DeliveryEntry>,
+    /// Pass as `before` for the next (older) page: the last delivery's `created_at`.
+    pub next_before: Option<DateTime<Utc>>,
+}
+
+/// Read the webhook deliveries (admin only), newest first.
+#[utoipa::path(get, path = "/api/v1/admin/webhooks/deliveries", tag = "admin", params(DeliveriesParams),
+    responses((status = 200, body = DeliveriesPage), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn webhook_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<DeliveriesParams>, QueryRejection>,
+) -> Result<Json<DeliveriesPage>, ApiError> {
+    require_admin(&caller)?;
+    let Query(params) = query?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(name) => Some(DeliveryStatus::parse(name).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "status {name:?} is not one of pending, delivered, failed"
+            ))
+        })?),
+    };
+    if let Some(name) = params.event.as_deref()
+        && WebhookEvent::parse(name).is_none()
+    {
+        let known: Vec<&str> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
+        return Err(ApiError::invalid(format!(
+            "event {name:?} is not one of {}",
+            known.join(", ")
+        )));
+    }
+    let deliveries = state
+        .sessions
+        .webhooks()
+        .deliveries(&DeliveryQuery {
+            status,
+            event: params.event,
+            before: params.before,
+            limit,
+        })
+        .await?;
+    let next_before = deliveries.last().map(|d| d.created_at);
+    Ok(Json(DeliveriesPage {
+        deliveries: deliveries.into_iter().map(DeliveryEntry::from).collect(),
+        next_before,
     }))
 }

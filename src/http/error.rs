@@ -21,6 +21,7 @@ use super::REQUEST_ID;
 use crate::domain::TurnErrorCode;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
+use crate::webhooks::WebhookError;
 use crate::workspace::WorkspaceError;
 
 /// The JSON body of every error response.
@@ -364,6 +365,15 @@ impl From<SessionError> for ApiError {
             SessionError::Store(store) => return store_error(store, &error),
         };
         ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        match error {
+            // The same store, failing the same ways.
+            WebhookError::Store(store) => SessionError::Store(store).into(),
+        }
     }
 }
 

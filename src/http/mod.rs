@@ -72,6 +72,7 @@ impl AppState {
         health::livez, health::readyz,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::audit,
         usage::session_usage, usage::usage, usage::get_budget, usage::put_budget, usage::delete_budget,
+        admin::webhook_deliveries,
     ),
     components(schemas(health::HealthDetails)),
     modifiers(&BearerAuth),
@@ -81,7 +82,7 @@ impl AppState {
          (name = "history", description = "A session's events (replayable), turns and conversation"),
          (name = "service", description = "Health and service information"),
          (name = "usage", description = "Model tokens and cost, from the relay's records"),
-         (name = "admin", description = "API keys, budgets, the audit log (admin credentials only)")),
+         (name = "admin", description = "API keys, budgets, the audit log and webhook deliveries (admin credentials only)")),
 )]
 pub struct ApiDoc;
 
@@ -165,6 +166,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/api/v1/admin/keys/{key_id}", delete(admin::revoke_key))
         .route("/api/v1/admin/audit", get(admin::audit))
+        .route(
+            "/api/v1/admin/webhooks/deliveries",
+            get(admin::webhook_deliveries),
+        )
         // Every route above needs a caller; the public ones below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/health", get(health::health))

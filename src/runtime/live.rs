@@ -755,8 +755,13 @@ impl LiveSession {
         let deleted = turn.tracker.stop_reason() == Some(TurnErrorCode::SessionDeleted);
         let terminal = self.metered(turn.id, terminal).await;
         let record = self.finished_record(&turn, &terminal);
+        let status = record.status;
         // One transaction: the turn's last events, its record, and the session's new activity.
         let (event, exists) = self.stream.finish(record, terminal).await;
+        // Queued, never waited for; after the turn is stored, so a receiver that reads it finds it.
+        self.shared
+            .webhooks
+            .turn_ended(&self.record, turn.id, status, &event.event);
         // Deleted or expired while the turn ran: nothing of it may stay behind.
         let gone = !exists && !deleted;
         if let Some(done) = turn.done.take() {

@@ -27,6 +27,7 @@ use crate::audit::AuditLog;
 use crate::domain::{Caller, SessionId, SessionRecord};
 use crate::relay::Relay;
 use crate::store::{EventStore, SessionStore, TranscriptStore, UidStore};
+use crate::webhooks::Webhooks;
 use crate::workspace::Workspaces;
 
 /// Commands a live session may have waiting; a caller beyond this waits its turn.
@@ -197,6 +198,8 @@ pub(crate) struct Shared {
     audit: AuditLog,
     /// The model relay: each CLI process gets a token of its own, live as long as the process.
     relay: Relay,
+    /// Told about every turn's end.
+    webhooks: Webhooks,
     closing: AtomicBool,
     epoch: Instant,
 }
@@ -266,6 +269,7 @@ impl Runtime {
         transcripts: Arc<dyn TranscriptStore>,
         audit: AuditLog,
         relay: Relay,
+        webhooks: Webhooks,
     ) -> Runtime {
         let cgroups = if settings.use_cgroups {
             match CgroupRoot::open(&crate::agent::cgroup::instance_key(&settings.data_dir)) {
@@ -307,6 +311,7 @@ impl Runtime {
                 user_turns,
                 audit,
                 relay,
+                webhooks,
                 closing: AtomicBool::new(false),
                 epoch: Instant::now(),
             }),
@@ -336,6 +341,11 @@ impl Runtime {
             turn.finished_at = Some(chrono::Utc::now());
             events.finish_turn(&turn, &[event], false).await?;
             tracing::warn!(session.id = %turn.session_id, turn.id = %turn.turn_id, "a turn was cut short by a service restart");
+            if let Some(session) = self.shared.store.get(turn.session_id).await? {
+                self.shared
+                    .webhooks
+                    .turn_ended(&session, turn.turn_id, turn.status, &terminal);
+            }
         }
         Ok(running.len())
     }

@@ -19,6 +19,7 @@ use crate::domain::BudgetLimits;
 use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{EventStore, Limits, SessionStore, StoreError, Stores, UsageStore};
+use crate::webhooks::{DeletionReason, Webhooks};
 use crate::workspace::Workspaces;
 
 pub use crate::runtime::CliState;
@@ -59,10 +60,12 @@ pub struct Sessions {
     /// The service's budgets (users' overrides are in the usage store).
     budgets: BudgetLimits,
     audit: AuditLog,
+    webhooks: Webhooks,
 }
 
 impl Sessions {
     /// Wires the service from its parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stores: &Stores,
         workspaces: Workspaces,
@@ -71,6 +74,7 @@ impl Sessions {
         defaults: AgentOptions,
         budgets: BudgetLimits,
         audit: AuditLog,
+        webhooks: Webhooks,
     ) -> Self {
         Sessions {
             audit,
@@ -78,6 +82,7 @@ impl Sessions {
             usage: stores.usage.clone(),
             budgets,
             store: stores.sessions.clone(),
+            webhooks,
             workspaces,
             limits,
             defaults,
@@ -201,6 +206,7 @@ impl Sessions {
             id,
             serde_json::Value::Null,
         );
+        self.webhooks.session_deleted(&record, DeletionReason::Deleted);
         self.runtime.close(id, &record.user_id).await;
         Ok(())
     }
@@ -209,6 +215,7 @@ impl Sessions {
     pub async fn purge_expired(&self) -> Result<usize, SessionError> {
         let purged = self.store.purge_expired().await?;
         for record in &purged {
+            self.webhooks.session_deleted(record, DeletionReason::Expired);
             self.runtime.close(record.session_id, &record.user_id).await;
         }
         Ok(purged.len())
@@ -322,6 +329,11 @@ impl Sessions {
     /// The live agents of this instance.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Where events go to webhooks, and their deliveries.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// Whether the store answers.

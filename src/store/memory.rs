@@ -6,10 +6,15 @@ mod usage;
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use tokio::sync::{Mutex, RwLock};
+use uuid::Uuid;
 
 use super::uids::UidRange;
+use super::webhooks::{
+    ClaimedDelivery, DeliveryQuery, DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookStore,
+    outcome_columns,
+};
 use super::{
     ApiKeyRecord, AuditQuery, AuditRecord, AuditStore, EventStore, Expiry, KeyStore, LimitScope, Limits,
     SessionStore, StoreError, StoredEvent, Transcript, TranscriptStore, TurnRecord, TurnStatus, UidStore,
@@ -29,7 +34,15 @@ pub struct MemoryStore {
     uids: Mutex<Uids>,
     /// Model usage and budget overrides (tied to no session).
     usage: Mutex<usage::Usage>,
+    /// Webhook deliveries and their leases (tied to no session).
+    webhooks: Mutex<Vec<LeasedDelivery>>,
     expiry: Expiry,
+}
+
+/// A webhook delivery and its current claim and lease, if any.
+struct LeasedDelivery {
+    delivery: WebhookDelivery,
+    lease: Option<(Uuid, DateTime<Utc>)>,
 }
 
 /// Each user's uid, and every uid given (to find the lowest free one).
@@ -66,6 +79,7 @@ impl MemoryStore {
             }),
             uids: Mutex::new(Uids::default()),
             usage: Mutex::default(),
+            webhooks: Mutex::new(Vec::new()),
             expiry: Expiry::new(ttl_seconds),
         }
     }
@@ -450,5 +464,119 @@ impl UidStore for MemoryStore {
 
     async fn uid_of(&self, user_id: &str) -> Result<Option<u32>, StoreError> {
         Ok(self.uids.lock().await.by_user.get(user_id).copied())
+    }
+}
+
+#[async_trait]
+impl WebhookStore for MemoryStore {
+    async fn insert_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
+        let mut stored = self.webhooks.lock().await;
+        for (index, delivery) in deliveries.iter().enumerate() {
+            let taken = stored.iter().any(|d| d.delivery.id == delivery.id)
+                || deliveries[..index].iter().any(|d| d.id == delivery.id);
+            if taken {
+                return Err(StoreError::Conflict(format!(
+                    "webhook delivery {} already exists",
+                    delivery.id
+                )));
+            }
+        }
+        stored.extend(deliveries.iter().map(|delivery| LeasedDelivery {
+            delivery: delivery.clone(),
+            lease: None,
+        }));
+        Ok(())
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let mut stored = self.webhooks.lock().await;
+        let mut due: Vec<&mut LeasedDelivery> = stored
+            .iter_mut()
+            .filter(|d| {
+                d.delivery.status == DeliveryStatus::Pending
+                    && d.delivery.next_attempt_at <= now
+                    && d.lease.is_none_or(|(_, until)| until <= now)
+            })
+            .collect();
+        due.sort_by_key(|d| (d.delivery.next_attempt_at, d.delivery.created_at));
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|d| {
+                let claim = Uuid::new_v4();
+                d.lease = Some((claim, now + lease));
+                ClaimedDelivery {
+                    delivery: d.delivery.clone(),
+                    claim,
+                }
+            })
+            .collect())
+    }
+
+    async fn record_webhook_attempt(
+        &self,
+        id: Uuid,
+        claim: Uuid,
+        attempt: &WebhookAttempt,
+    ) -> Result<bool, StoreError> {
+        let mut stored = self.webhooks.lock().await;
+        let Some(held) = stored
+            .iter_mut()
+            .find(|d| d.delivery.id == id && d.lease.is_some_and(|(current, _)| current == claim))
+        else {
+            return Ok(false);
+        };
+        let (status, next_attempt_at, delivered_at) = outcome_columns(attempt);
+        let delivery = &mut held.delivery;
+        delivery.attempts += 1;
+        delivery.last_attempt_at = Some(attempt.at);
+        delivery.last_http_status = attempt.http_status;
+        delivery.last_error = attempt.error.clone();
+        delivery.status = status;
+        if let Some(at) = next_attempt_at {
+            delivery.next_attempt_at = at;
+        }
+        delivery.delivered_at = delivered_at;
+        held.lease = None;
+        Ok(true)
+    }
+
+    async fn webhook_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let stored = self.webhooks.lock().await;
+        let mut found: Vec<WebhookDelivery> = stored
+            .iter()
+            .map(|d| &d.delivery)
+            .filter(|d| query.status.is_none_or(|status| d.status == status))
+            .filter(|d| query.event.as_ref().is_none_or(|event| &d.event == event))
+            .filter(|d| query.before.is_none_or(|before| d.created_at < before))
+            .cloned()
+            .collect();
+        found.sort_by_key(|d| std::cmp::Reverse((d.created_at, d.id)));
+        found.truncate(query.limit as usize);
+        Ok(found)
+    }
+
+    async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let stored = self.webhooks.lock().await;
+        Ok(stored
+            .iter()
+            .filter(|d| d.delivery.status == DeliveryStatus::Pending)
+            .map(|d| match d.lease {
+                Some((_, until)) => until.max(d.delivery.next_attempt_at),
+                None => d.delivery.next_attempt_at,
+            })
+            .min())
+    }
+
+    async fn prune_webhooks(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut stored = self.webhooks.lock().await;
+        let kept = stored.len();
+        stored.retain(|d| d.delivery.status == DeliveryStatus::Pending || d.delivery.created_at >= before);
+        Ok((kept - stored.len()) as u64)
     }
 }

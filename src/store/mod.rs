@@ -1,8 +1,9 @@
 //! Session records at rest: `trait SessionStore` and its backends (memory, SQLite, PostgreSQL). The trait's
 //! specification is the conformance story in `tests/it/store.rs`, run against every backend. Each
 //! backend also keeps turns and events (`EventStore`), transcripts (`TranscriptStore`), API keys
-//! (`KeyStore`), the audit log (`AuditStore`), users' uids (`UidStore`) and model usage with budget
-//! overrides (`UsageStore`); [`Stores`] is one backend seen through all seven.
+//! (`KeyStore`), the audit log (`AuditStore`), users' uids (`UidStore`), model usage with budget
+//! overrides (`UsageStore`) and webhook deliveries (`WebhookStore`); [`Stores`] is one backend seen
+//! through all eight.
 //! A store knows nothing of agents, workspaces or HTTP. Database rows have their own private,
 //! versioned types (`rows.rs`), never the serde form of a domain type, and hold no secrets.
 
@@ -16,6 +17,7 @@ mod sqlite;
 mod transcripts;
 mod uids;
 mod usage;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -36,6 +38,10 @@ pub use usage::{
     NO_TURN, Spending, Spent, UNKNOWN_MODEL, UsageGroup, UsageQuery, UsageRecord, UsageStore, UsageTotals,
     periods_of,
 };
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, DeliveryQuery, DeliveryStatus, WebhookAttempt, WebhookDelivery,
+    WebhookStore,
+};
 
 /// One backend seen through each of its traits: the one way the service opens its stores.
 #[derive(Clone)]
@@ -54,13 +60,22 @@ pub struct Stores {
     pub uids: Arc<dyn UidStore>,
     /// Model usage, its totals, and users' budget overrides.
     pub usage: Arc<dyn UsageStore>,
+    /// Webhook deliveries.
+    pub webhooks: Arc<dyn WebhookStore>,
 }
 
 impl Stores {
     /// Every store of one backend.
     pub fn of<T>(store: Arc<T>) -> Stores
     where
-        T: SessionStore + EventStore + TranscriptStore + KeyStore + AuditStore + UidStore + UsageStore,
+        T: SessionStore
+            + EventStore
+            + TranscriptStore
+            + KeyStore
+            + AuditStore
+            + UidStore
+            + UsageStore
+            + WebhookStore,
     {
         Stores {
             sessions: store.clone(),
@@ -69,7 +84,8 @@ impl Stores {
             keys: store.clone(),
             audit: store.clone(),
             uids: store.clone(),
-            usage: store,
+            usage: store.clone(),
+            webhooks: store,
         }
     }
 }

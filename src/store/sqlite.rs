@@ -1,12 +1,13 @@
 //! The embedded SQLite store (the default): one file in WAL mode, migrations compiled in. The file
 //! and its `-wal`/`-shm` are readable by the service's user only. API keys (`keys.rs`), the
-//! audit log (`audit.rs`), users' uids (`uids.rs`) and model usage with budget overrides (`usage.rs`)
-//! are in modules of their own.
+//! audit log (`audit.rs`), users' uids (`uids.rs`), model usage with budget overrides (`usage.rs`)
+//! and webhook deliveries (`webhooks.rs`) are in modules of their own.
 
 mod audit;
 mod keys;
 mod uids;
 mod usage;
+mod webhooks;
 
 use std::fs::{OpenOptions, Permissions};
 use std::io;

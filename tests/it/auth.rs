@@ -353,6 +353,12 @@ async fn a_bad_credential_of_any_kind_gets_the_same_401_and_public_routes_stay_o
     endpoints.push(("list", reqwest::Method::GET, "/api/v1/sessions".into(), None));
     endpoints.push(("keys", reqwest::Method::GET, "/api/v1/admin/keys".into(), None));
     endpoints.push(("audit", reqwest::Method::GET, "/api/v1/admin/audit".into(), None));
+    endpoints.push((
+        "webhook deliveries",
+        reqwest::Method::GET,
+        "/api/v1/admin/webhooks/deliveries".into(),
+        None,
+    ));
     let credentials = [
         ("none", plain.clone()),
         ("unknown", client_with_key(&unknown_key)),

@@ -100,6 +100,75 @@ fn secrets_never_print() {
 }
 
 #[test]
+fn webhook_secrets_never_print_from_the_file_or_the_environment() {
+    let yaml = "webhooks:\n  - url: https://hooks.example/in\n    events: [turn.completed]\n    secret: whsec-file-0123456789\n";
+    let (ok, out, err) = print_config(yaml, &[]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("whsec-file-0123456789"), "{out}");
+    let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(config["webhooks"][0]["url"], "https://hooks.example/in");
+    assert_eq!(config["webhooks"][0]["events"][0], "turn.completed");
+    let env = [(
+        "CLAUDE_AGENT_WEBHOOKS",
+        r#"[{"url": "http://127.0.0.1:9/h", "events": ["session.deleted"], "secret": "whsec-env-0123456789"}]"#,
+    )];
+    let (ok, out, err) = print_config("", &env);
+    assert!(ok, "{err}");
+    assert!(!out.contains("whsec-env-0123456789"), "{out}");
+    let config: serde_json::Value = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(config["webhooks"][0]["events"][0], "session.deleted");
+    // A list that does not parse is refused without being quoted.
+    let broken = [(
+        "CLAUDE_AGENT_WEBHOOKS",
+        r#"[{"url": "http://127.0.0.1:9/h", "secret": "whsec-env-0123456789""#,
+    )];
+    let (ok, _, err) = print_config("", &broken);
+    assert!(!ok && err.contains("CLAUDE_AGENT_WEBHOOKS"), "{err}");
+    assert!(!err.contains("whsec-env-0123456789"), "{err}");
+}
+
+#[test]
+fn a_bad_webhook_names_its_key() {
+    let entry = |url: &str, events: &str, secret: &str| {
+        format!("webhooks:\n  - url: {url}\n    events: {events}\n    secret: {secret}\n")
+    };
+    let good_secret = "0123456789abcdef";
+    for (yaml, key) in [
+        (
+            entry("ftp://hooks.example/in", "[turn.completed]", good_secret),
+            "webhooks[0].url",
+        ),
+        (
+            entry("not a url", "[turn.completed]", good_secret),
+            "webhooks[0].url",
+        ),
+        (
+            entry("https://hooks.example/in", "[turn.done]", good_secret),
+            "webhooks[0].events",
+        ),
+        (
+            entry("https://hooks.example/in", "[]", good_secret),
+            "webhooks[0].events",
+        ),
+        (
+            entry("https://hooks.example/in", "[turn.failed]", "short"),
+            "webhooks[0].secret",
+        ),
+        (
+            "webhook_delivery:\n  max_attempts: 0\n".to_string(),
+            "webhook_delivery.max_attempts",
+        ),
+    ] {
+        let (ok, out, err) = print_config(&yaml, &[]);
+        assert!(!ok, "{yaml} should fail: {out}");
+        assert!(err.contains(key), "error {err:?} should name {key}");
+        assert!(!err.contains(good_secret), "{err}");
+    }
+    let (ok, _, err) = print_config("", &[("CLAUDE_AGENT_WEBHOOK_DELIVERY__TIMEOUT_SECONDS", "0")]);
+    assert!(!ok && err.contains("webhook_delivery.timeout_seconds"), "{err}");
+}
+
+#[test]
 fn bad_config_fails_at_startup_naming_the_key() {
     for (yaml, env, key) in [
         ("api:\n  portt: 1\n", vec![], "portt"),

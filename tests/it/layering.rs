@@ -17,6 +17,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "auth",
             "agent",
             "relay",
+            "webhooks",
             "runtime",
             "sessions",
             "http",
@@ -32,6 +33,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "auth",
             "agent",
             "relay",
+            "webhooks",
             "runtime",
             "sessions",
             "http",
@@ -41,13 +43,13 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "workspace",
         &[
-            "store", "audit", "auth", "agent", "relay", "runtime", "sessions", "http", "app",
+            "store", "audit", "auth", "agent", "relay", "webhooks", "runtime", "sessions", "http", "app",
         ],
     ),
     (
         "store",
         &[
-            "audit", "auth", "agent", "relay", "runtime", "sessions", "http", "app",
+            "audit", "auth", "agent", "relay", "webhooks", "runtime", "sessions", "http", "app",
         ],
     ),
     (
@@ -58,13 +60,17 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "auth",
             "agent",
             "relay",
+            "webhooks",
             "runtime",
             "sessions",
             "http",
             "app",
         ],
     ),
-    ("auth", &["agent", "relay", "runtime", "sessions", "http", "app"]),
+    (
+        "auth",
+        &["agent", "relay", "webhooks", "runtime", "sessions", "http", "app"],
+    ),
     (
         "agent",
         &[
@@ -74,6 +80,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "audit",
             "auth",
             "relay",
+            "webhooks",
             "runtime",
             "sessions",
             "http",
@@ -84,7 +91,32 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     // or HTTP route of the service (the runtime asks it for tokens, app.rs wires it).
     (
         "relay",
-        &["workspace", "auth", "agent", "runtime", "sessions", "http", "app"],
+        &[
+            "workspace",
+            "auth",
+            "agent",
+            "webhooks",
+            "runtime",
+            "sessions",
+            "http",
+            "app",
+        ],
+    ),
+    // Webhooks know the store and their config sections: the runtime and the session service tell
+    // them what happened.
+    (
+        "webhooks",
+        &[
+            "workspace",
+            "audit",
+            "auth",
+            "agent",
+            "relay",
+            "runtime",
+            "sessions",
+            "http",
+            "app",
+        ],
     ),
     ("runtime", &["config", "auth", "sessions", "http", "app"]),
     ("sessions", &["config", "auth", "agent", "http", "app"]),

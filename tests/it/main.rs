@@ -25,4 +25,6 @@ mod support;
 mod tenancy;
 mod uid_store;
 mod usage_store;
+mod webhook_store;
+mod webhooks;
 mod workspace_security;

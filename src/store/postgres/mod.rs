@@ -2,8 +2,9 @@
 //! compiled in and run at startup (sqlx holds an advisory lock while migrating, so instances
 //! starting together take turns), the session limits checked under an advisory lock, turns
 //! and events beside the sessions they belong to, and API keys, the audit log and users' uids
-//! (`keys.rs`, `audit.rs`, `uids.rs`, the last allocated under an advisory lock) and model usage
-//! with budget overrides (`usage.rs`), which belong to no session.
+//! (`keys.rs`, `audit.rs`, `uids.rs`, the last allocated under an advisory lock), model usage with
+//! budget overrides (`usage.rs`) and webhook deliveries (`webhooks.rs`, claimed with `FOR UPDATE SKIP
+//! LOCKED`), which belong to no session.
 //!
 //! An unreachable database is an outage, not a crash: every operation waits at most
 //! [`ACQUIRE_TIMEOUT`] for a connection and then fails with a connection-type `sqlx::Error`
@@ -17,6 +18,7 @@ mod rows;
 mod transcripts;
 mod uids;
 mod usage;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
