@@ -92,6 +92,8 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// Spending limits per user, session and turn, enforced by the model relay.
     pub budgets: BudgetLimits,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// The `pricing` section: USD per million tokens, by model. Built-in prices cover current Claude
@@ -154,6 +156,19 @@ impl Default for PricingConfig {
             fallback: ModelPrice::of(15.0, 75.0),
         }
     }
+}
+
+
+/// The `metrics` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A second listener serving only `GET /metrics`, without authentication, for scrapers
+    /// (`ip:port`, e.g. `127.0.0.1:9464`); unset: none (admins still get `/metrics` on the API).
+    pub listen: Option<String>,
+    /// Label turns and model usage with the user's id (one series per user: only where users
+    /// are few and known).
+    pub per_user_labels: bool,
 }
 
 /// How strongly agents are isolated (`isolation.profile`).
@@ -430,6 +445,7 @@ impl Default for Config {
             isolation: IsolationConfig::default(),
             pricing: PricingConfig::default(),
             budgets: BudgetLimits::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -861,6 +877,7 @@ impl Config {
         }
         self.validate_isolation()?;
         self.validate_pricing()?;
+        self.validate_metrics(options)?;
         self.validate_auth()
     }
 
@@ -891,6 +908,43 @@ impl Config {
                 _ => "budgets.turn_usd",
             };
             return Err((key, format!("is {bad}: a budget is USD, 0 or more (or null)")));
+        }
+        Ok(())
+    }
+
+    /// `metrics.listen`: an IP address and port, not the API's own.
+    fn validate_metrics(&self, options: LoadOptions) -> Result<(), (&'static str, String)> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(());
+        };
+        let addr: std::net::SocketAddr = listen.trim().parse().map_err(|_| {
+            (
+                "metrics.listen",
+                format!("{listen:?} is not an IP address and port, e.g. 127.0.0.1:9464 or [::1]:9464 (leave it unset for no metrics listener)"),
+            )
+        })?;
+        if addr.port() == 0 && !options.allow_ephemeral_port {
+            return Err((
+                "metrics.listen",
+                "port 0 is only allowed with --port-file (otherwise nobody learns the bound port)".into(),
+            ));
+        }
+        let api_ip = self
+            .api
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .ok();
+        if addr.port() != 0
+            && addr.port() == self.api.port
+            && api_ip.is_none_or(|ip| ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified())
+        {
+            return Err((
+                "metrics.listen",
+                format!(
+                    "{listen} is the API's own address (api.host:api.port); give the metrics listener a port of its own"
+                ),
+            ));
         }
         Ok(())
     }
@@ -1240,7 +1294,16 @@ fn apply_env(
 }
 
 /// The sections whose keys `CLAUDE_AGENT_<SECTION>__<KEY>` sets.
-const SECTIONS: &[&str] = &["user", "session", "api", "defaults", "auth", "audit", "isolation"];
+const SECTIONS: &[&str] = &[
+    "user",
+    "session",
+    "api",
+    "defaults",
+    "auth",
+    "audit",
+    "isolation",
+    "metrics",
+];
 
 /// Variables with the prefix that are not configuration: the marker every agent process carries
 /// (`agent::tree::SESSION_MARKER`), inherited by a service started from inside a session.
@@ -1821,5 +1884,34 @@ plugins:
         let text = config.redacted().to_string();
         assert!(!text.contains("hunter2") && !text.contains("sk-secret"), "{text}");
         assert!(text.contains("DEBUG"));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_an_address_of_its_own() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.metrics.listen, None);
+        assert!(!config.metrics.per_user_labels);
+        let config = load(
+            Some("metrics:\n  listen: 127.0.0.1:9464\n"),
+            &[("CLAUDE_AGENT_METRICS__PER_USER_LABELS", "true")],
+        )
+        .unwrap();
+        assert_eq!(config.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+        assert!(config.metrics.per_user_labels);
+        for (listen, says) in [
+            ("localhost:9464", "is not an IP address and port"),
+            ("127.0.0.1", "is not an IP address and port"),
+            ("127.0.0.1:8000", "the API's own address"),
+            ("0.0.0.0:8000", "the API's own address"),
+            ("127.0.0.1:0", "only allowed with --port-file"),
+        ] {
+            let message = load(Some(&format!("metrics:\n  listen: \"{listen}\"\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("metrics.listen") && message.contains(says),
+                "{listen}: {message}"
+            );
+        }
     }
 }

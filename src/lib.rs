@@ -16,5 +16,6 @@ pub mod relay;
 pub mod runtime;
 pub mod sessions;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod workspace;

@@ -326,6 +326,18 @@ impl Pending {
             usage.cost_nanos = record.cost_nanos,
             "model request relayed"
         );
+        crate::telemetry::relay_request(
+            &record.user_id,
+            record.model.as_deref(),
+            record.status,
+            crate::telemetry::Tokens {
+                input: record.usage.input_tokens,
+                output: record.usage.output_tokens,
+                cache_read: record.usage.cache_read_input_tokens,
+                cache_write: record.usage.cache_creation_input_tokens,
+            },
+            crate::domain::nanos_to_usd(record.cost_nanos),
+        );
         self.shared.seen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.shared.meters.request_ended(&self.grant.state, record);
     }

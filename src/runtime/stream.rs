@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::domain::{SessionEvent, SessionId, TurnErrorCode, TurnEvent, TurnId};
 use crate::store::{EventStore, StoredEvent, TranscriptStore, TurnRecord, TurnStatus};
+use crate::telemetry::store_operation;
 
 /// How long the writer gathers events into one transaction.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -270,12 +271,15 @@ impl Writer {
         let session = self.session;
         while let Some(front) = self.retained.front() {
             let result = match front {
-                Write::Begin(turn) => self.store.begin_turn(turn).await.map(|_| true),
-                Write::Transcript(path, lines) => self
-                    .transcripts
-                    .append_transcript(session, path, lines)
+                Write::Begin(turn) => store_operation("events.begin_turn", self.store.begin_turn(turn))
                     .await
                     .map(|_| true),
+                Write::Transcript(path, lines) => store_operation(
+                    "transcripts.append",
+                    self.transcripts.append_transcript(session, path, lines),
+                )
+                .await
+                .map(|_| true),
                 Write::Event(_) | Write::Finish(_) => {
                     // The events up to the next other write, moved out (put back if the store
                     // is unavailable), with the turn's end in the same transaction if it is next.
@@ -295,14 +299,18 @@ impl Writer {
                     let result = match self.retained.front() {
                         Some(Write::Finish(finish)) => {
                             events.push(finish.terminal.clone());
-                            let result = self
-                                .store
-                                .finish_turn(&finish.record, &events, finish.completed)
-                                .await;
+                            let result = store_operation(
+                                "events.finish_turn",
+                                self.store.finish_turn(&finish.record, &events, finish.completed),
+                            )
+                            .await;
                             events.pop();
                             result
                         }
-                        _ => self.store.append_events(session, &events).await.map(|_| true),
+                        // The writer's batch: every event queued meanwhile, in one transaction.
+                        _ => store_operation("events.append", self.store.append_events(session, &events))
+                            .await
+                            .map(|_| true),
                     };
                     if matches!(&result, Err(e) if e.is_outage()) {
                         for event in events.into_iter().rev() {
