@@ -452,10 +452,14 @@ impl LiveSession {
         let status = self.status.clone();
         let internal = self.internal_tx.clone();
         let id = self.id();
-        tokio::spawn(async move {
-            let admission = shared.admit(id, &status, evict).await;
-            let _ = internal.send(Internal::Admitted(admission));
-        });
+        // In the turn's span, if a turn asked for it: what admission logs is about that turn.
+        tokio::spawn(
+            async move {
+                let admission = shared.admit(id, &status, evict).await;
+                let _ = internal.send(Internal::Admitted(admission));
+            }
+            .in_current_span(),
+        );
     }
 
     async fn on_admitted(&mut self, admission: Admission) {
