@@ -158,7 +158,6 @@ impl Default for PricingConfig {
     }
 }
 
-
 /// The `metrics` section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
