@@ -127,7 +127,7 @@ async fn metrics_move_as_turns_run() {
         "the session's creation is counted under its route"
     );
 
-    app.chat_ok(&id, "hello there").await;
+    let first = app.chat_ok(&id, "hello there").await;
     let models = app.model.requests() as f64;
     let after = scrape_until(&app.server, "relay records of the turn", |s| {
         relayed_messages(s) >= models
@@ -209,7 +209,7 @@ async fn metrics_move_as_turns_run() {
     let response = app.server.get(&format!("/api/v1/sessions/{id}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     app.server.get("/no/such/path").await;
-    app.chat_ok(&id, "once more").await;
+    let second = app.chat_ok(&id, "once more").await;
     let models = app.model.requests() as f64;
     let later = scrape_until(&app.server, "relay records of the second turn", |s| {
         relayed_messages(s) >= models
@@ -242,6 +242,14 @@ async fn metrics_move_as_turns_run() {
     assert_eq!(
         later.sum("claude_agent_relay_tokens_total", &[("kind", "input")]),
         models * INPUT_TOKENS as f64
+    );
+    // What the model requests cost is what the turns reported (both from the relay's prices).
+    let reported = first["total_cost_usd"].as_f64().unwrap() + second["total_cost_usd"].as_f64().unwrap();
+    let counted = later.sum("claude_agent_relay_cost_usd", &[]);
+    assert!(reported > 0.0, "{first} {second}");
+    assert!(
+        (counted - reported).abs() < 1e-9,
+        "metrics count ${counted}, the turns reported ${reported}"
     );
     assert!(
         !later.text.contains("user=\""),
