@@ -45,7 +45,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the writer task is asked to store, in order.
 enum Write {
-    Begin(TurnRecord),
+    /// A turn's start, with the span it runs in: the writer's lines about that turn's writes
+    /// carry its fields (request, session, user, turn) like the actor's.
+    Begin(TurnRecord, tracing::Span),
     Event(StoredEvent),
     Finish(Box<Finish>),
     Transcript(String, Vec<String>),
@@ -95,6 +97,7 @@ impl SessionStream {
             store,
             transcripts,
             retained: VecDeque::new(),
+            turn_span: tracing::Span::none(),
         };
         tokio::spawn(writer.run(queue));
         SessionStream {
@@ -106,7 +109,10 @@ impl SessionStream {
 
     /// Records that a turn has begun.
     pub async fn begin(&self, turn: TurnRecord) {
-        let _ = self.writes.send(Write::Begin(turn)).await;
+        let _ = self
+            .writes
+            .send(Write::Begin(turn, tracing::Span::current()))
+            .await;
     }
 
     fn number(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
@@ -218,6 +224,8 @@ struct Writer {
     store: Arc<dyn EventStore>,
     transcripts: Arc<dyn TranscriptStore>,
     retained: VecDeque<Write>,
+    /// The span of the turn whose writes are being stored (the latest `Begin` taken up).
+    turn_span: tracing::Span,
 }
 
 impl Writer {
@@ -271,9 +279,12 @@ impl Writer {
         let session = self.session;
         while let Some(front) = self.retained.front() {
             let result = match front {
-                Write::Begin(turn) => store_operation("events.begin_turn", self.store.begin_turn(turn))
-                    .await
-                    .map(|_| true),
+                Write::Begin(turn, span) => {
+                    self.turn_span = span.clone();
+                    store_operation("events.begin_turn", self.store.begin_turn(turn))
+                        .await
+                        .map(|_| true)
+                }
                 Write::Transcript(path, lines) => store_operation(
                     "transcripts.append",
                     self.transcripts.append_transcript(session, path, lines),
@@ -319,7 +330,9 @@ impl Writer {
                     } else if !matches!(self.retained.front(), Some(Write::Finish(_))) {
                         // Plain events, stored (or dropped as broken): nothing more to take.
                         if let Err(e) = result {
-                            tracing::error!(session.id = %session, count, error = %e, "cannot store events; dropping them");
+                            self.turn_span.in_scope(|| {
+                                tracing::error!(session.id = %session, count, error = %e, "cannot store events; dropping them")
+                            });
                         }
                         continue;
                     }
@@ -328,11 +341,16 @@ impl Writer {
             };
             match result {
                 Err(e) if e.is_outage() => {
-                    tracing::warn!(session.id = %session, retained = self.retained.len(), error = %e, "the store is unavailable: keeping this session's writes to store later");
+                    let retained = self.retained.len();
+                    self.turn_span.in_scope(|| {
+                        tracing::warn!(session.id = %session, retained, error = %e, "the store is unavailable: keeping this session's writes to store later")
+                    });
                     return false;
                 }
                 Err(e) => {
-                    tracing::error!(session.id = %session, error = %e, "cannot store a write of this session; dropping it");
+                    self.turn_span.in_scope(|| {
+                        tracing::error!(session.id = %session, error = %e, "cannot store a write of this session; dropping it")
+                    });
                     self.take_front(true);
                 }
                 Ok(exists) => self.take_front(exists),
@@ -361,7 +379,9 @@ impl Writer {
                 finish.record = finish.instead.0.clone();
                 finish.terminal = finish.instead.1.clone();
                 finish.completed = false;
-                tracing::warn!(session.id = %self.session, turn.id = %finish.record.turn_id, "the store stayed unavailable: the turn ends as store_unavailable");
+                self.turn_span.in_scope(|| {
+                    tracing::warn!(session.id = %self.session, turn.id = %finish.record.turn_id, "the store stayed unavailable: the turn ends as store_unavailable")
+                });
                 if let Some(answer) = finish.answer.take() {
                     let _ = answer.send(Ended::Unavailable(finish.instead.2.clone()));
                 }
