@@ -25,6 +25,7 @@ use crate::sessions::Sessions;
 use crate::store::{
     Limits, MemoryStore, PostgresSettings, PostgresStore, SqliteStore, StoreError, Stores, UidStore,
 };
+use crate::telemetry::{Metrics, MetricsSettings, TelemetryError};
 use crate::webhooks::Webhooks;
 use crate::workspace::Workspaces;
 
@@ -62,6 +63,9 @@ pub enum StartupError {
     /// The model relay could not start.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] TelemetryError),
 }
 
 /// A built service, bound and ready to serve.
@@ -70,11 +74,17 @@ pub struct App {
     router: axum::Router,
     limits: ConnectionLimits,
     sessions: Arc<Sessions>,
+    /// The `metrics.listen` listener and what it serves.
+    scrape: Option<(TcpListener, axum::Router)>,
 }
 
 impl App {
     /// Opens the store and workspaces and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartupError> {
+        // First, so the stores' and the runtime's first operations are measured too.
+        let metrics = Metrics::install(MetricsSettings {
+            per_user_labels: config.metrics.per_user_labels,
+        })?;
         let stores = open_stores(&config).await?;
         let base = config.base_dir();
         let workspaces =
@@ -175,7 +185,9 @@ impl App {
             storage_type: config.session.storage.as_str(),
             keepalive: Duration::from_secs(config.api.keepalive_seconds),
             isolation: isolation_health,
+            metrics,
         };
+        let scrape = bind_scrape_listener(&config, &state).await?;
         let router = http::router(state, &config);
         let bound = listener
             .local_addr()
@@ -197,6 +209,7 @@ impl App {
             router,
             limits,
             sessions,
+            scrape,
         })
     }
 
@@ -210,9 +223,16 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(listen = %self.local_addr(), "serving");
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        let (scrape_stop, scrape_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some((listener, router)) = self.scrape {
+            tokio::spawn(http::serve::serve(listener, router, self.limits, async move {
+                let _ = scrape_stopped.await;
+            }));
+        }
         let sessions = self.sessions.clone();
         let signal = async move {
             shutdown.await;
+            let _ = scrape_stop.send(());
             // Stopping the agents ends running turns, so their SSE streams close and the
             // graceful drain below can finish.
             let runtime = sessions.runtime().clone();
@@ -228,6 +248,31 @@ impl App {
         self.sessions.webhooks().shutdown().await;
         Ok(())
     }
+}
+
+/// Binds `metrics.listen`, if set: a listener serving only `GET /metrics`, without authentication.
+async fn bind_scrape_listener(
+    config: &Config,
+    state: &AppState,
+) -> Result<Option<(TcpListener, axum::Router)>, StartupError> {
+    let Some(addr) = config.metrics.listen.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(metrics.listen = %bound, "the metrics listener needs no credential and is reachable from other machines: keep it behind a firewall");
+    }
+    tracing::info!(metrics.listen = %bound, "serving metrics");
+    Ok(Some((listener, http::metrics::scrape_router(state.clone()))))
 }
 
 /// Finds the CLI at startup. When it must be installed, the install runs in the background (the

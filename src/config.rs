@@ -96,6 +96,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// How webhook deliveries are tried.
     pub webhook_delivery: WebhookDeliveryConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// The `pricing` section: USD per million tokens, by model. Built-in prices cover current Claude
@@ -209,6 +211,18 @@ impl Default for WebhookDeliveryConfig {
             retention_days: 7,
         }
     }
+}
+
+/// The `metrics` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A second listener serving only `GET /metrics`, without authentication, for scrapers
+    /// (`ip:port`, e.g. `127.0.0.1:9464`); unset: none (admins still get `/metrics` on the API).
+    pub listen: Option<String>,
+    /// Label turns and model usage with the user's id (one series per user: only where users
+    /// are few and known).
+    pub per_user_labels: bool,
 }
 
 /// How strongly agents are isolated (`isolation.profile`).
@@ -487,6 +501,7 @@ impl Default for Config {
             budgets: BudgetLimits::default(),
             webhooks: Vec::new(),
             webhook_delivery: WebhookDeliveryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -931,6 +946,7 @@ impl Config {
         }
         self.validate_isolation()?;
         self.validate_pricing()?;
+        self.validate_metrics(options)?;
         self.validate_auth()
     }
 
@@ -1033,6 +1049,43 @@ impl Config {
             1..=MAX_TURN_SECONDS,
         )?;
         bounded("timeout_seconds", delivery.timeout_seconds, 1..=300)
+    }
+
+    /// `metrics.listen`: an IP address and port, not the API's own.
+    fn validate_metrics(&self, options: LoadOptions) -> Result<(), (&'static str, String)> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(());
+        };
+        let addr: std::net::SocketAddr = listen.trim().parse().map_err(|_| {
+            (
+                "metrics.listen",
+                format!("{listen:?} is not an IP address and port, e.g. 127.0.0.1:9464 or [::1]:9464 (leave it unset for no metrics listener)"),
+            )
+        })?;
+        if addr.port() == 0 && !options.allow_ephemeral_port {
+            return Err((
+                "metrics.listen",
+                "port 0 is only allowed with --port-file (otherwise nobody learns the bound port)".into(),
+            ));
+        }
+        let api_ip = self
+            .api
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .ok();
+        if addr.port() != 0
+            && addr.port() == self.api.port
+            && api_ip.is_none_or(|ip| ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified())
+        {
+            return Err((
+                "metrics.listen",
+                format!(
+                    "{listen} is the API's own address (api.host:api.port); give the metrics listener a port of its own"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The `isolation` keys: a uid range that is neither root's nor wrapping, limits the CLI can
@@ -1400,7 +1453,9 @@ const SECTIONS: &[&str] = &[
     "auth",
     "audit",
     "isolation",
+    "budgets",
     "webhook_delivery",
+    "metrics",
 ];
 
 /// Variables with the prefix that are not configuration: the marker every agent process carries
@@ -1984,5 +2039,34 @@ plugins:
         let text = config.redacted().to_string();
         assert!(!text.contains("hunter2") && !text.contains("sk-secret"), "{text}");
         assert!(text.contains("DEBUG"));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_an_address_of_its_own() {
+        let config = load(None, &[]).unwrap();
+        assert_eq!(config.metrics.listen, None);
+        assert!(!config.metrics.per_user_labels);
+        let config = load(
+            Some("metrics:\n  listen: 127.0.0.1:9464\n"),
+            &[("CLAUDE_AGENT_METRICS__PER_USER_LABELS", "true")],
+        )
+        .unwrap();
+        assert_eq!(config.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+        assert!(config.metrics.per_user_labels);
+        for (listen, says) in [
+            ("localhost:9464", "is not an IP address and port"),
+            ("127.0.0.1", "is not an IP address and port"),
+            ("127.0.0.1:8000", "the API's own address"),
+            ("0.0.0.0:8000", "the API's own address"),
+            ("127.0.0.1:0", "only allowed with --port-file"),
+        ] {
+            let message = load(Some(&format!("metrics:\n  listen: \"{listen}\"\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("metrics.listen") && message.contains(says),
+                "{listen}: {message}"
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod runtime;
 pub mod sessions;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod webhooks;
 pub mod workspace;

@@ -325,7 +325,12 @@ fn init_logging(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     if json {
-        builder.json().init();
+        // Span fields (request, session, user, turn ids) on the top level of every line.
+        builder
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(claude_agent_http::telemetry::json_log::FlatJson)
+            .init();
     } else {
         builder.init();
     }

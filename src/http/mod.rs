@@ -8,6 +8,7 @@ pub mod chat;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod metrics;
 pub mod serve;
 pub mod sessions;
 pub mod usage;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub rate: Arc<RateLimits>,
     /// The isolation profile in effect, for `/health`.
     pub isolation: health::IsolationHealth,
+    /// The metrics recorder, for `/metrics`.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
         admin::create_key, admin::list_keys, admin::revoke_key, admin::audit,
         usage::session_usage, usage::usage, usage::get_budget, usage::put_budget, usage::delete_budget,
         admin::webhook_deliveries,
+        metrics::metrics,
     ),
     components(schemas(health::HealthDetails)),
     modifiers(&BearerAuth),
@@ -170,6 +174,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/api/v1/admin/webhooks/deliveries",
             get(admin::webhook_deliveries),
         )
+        .route("/metrics", get(metrics::metrics))
         // Every route above needs a caller; the public ones below do not.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/health", get(health::health))
@@ -203,6 +208,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(cors(&config.api.cors_origins))
         .layer(middleware::from_fn(error::error_bodies))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn(metrics::record_request))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

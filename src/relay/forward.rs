@@ -241,6 +241,7 @@ async fn budget_gate(shared: &Shared, grant: &Grant, turn: Option<TurnId>) -> Op
         "the model relay refused a request: a budget is spent"
     );
     let message = format!("budget exceeded: {refusal}");
+    crate::telemetry::budget_refused(&refusal.limit);
     shared.meters.refused(turn, refusal);
     // 400 is final for the CLI: it does not retry, and it ends the turn showing the message.
     Some(error(StatusCode::BAD_REQUEST, "invalid_request_error", &message))
@@ -325,6 +326,18 @@ impl Pending {
             usage.cache_write_tokens = record.usage.cache_creation_input_tokens,
             usage.cost_nanos = record.cost_nanos,
             "model request relayed"
+        );
+        crate::telemetry::relay_request(
+            &record.user_id,
+            record.model.as_deref(),
+            record.status,
+            crate::telemetry::Tokens {
+                input: record.usage.input_tokens,
+                output: record.usage.output_tokens,
+                cache_read: record.usage.cache_read_input_tokens,
+                cache_write: record.usage.cache_creation_input_tokens,
+            },
+            crate::domain::nanos_to_usd(record.cost_nanos),
         );
         self.shared.seen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.shared.meters.request_ended(&self.grant.state, record);

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::stream::SessionStream;
 use super::{Admission, CliState, LiveStatus, Shared, UserTurn};
@@ -122,6 +123,22 @@ struct Turn {
     caller: Caller,
     /// The user's turn slot, given back when the turn is dropped.
     _user_slot: UserTurn,
+    /// Entered around every step of the actor while this turn runs: every line logged there
+    /// carries the request, session, user and turn.
+    span: tracing::Span,
+    /// When the actor took it (for its duration and time to first delta).
+    began: Instant,
+    /// A text delta was published.
+    first_delta: bool,
+}
+
+/// One thing the actor handles, taken off its inputs before it is handled (inside the running
+/// turn's span).
+enum Step {
+    Internal(Internal),
+    Output(Option<Output>),
+    Command(Command),
+    Timer,
 }
 
 /// The actor's state. Only its own task touches it.
@@ -199,19 +216,30 @@ impl LiveSession {
         };
         while !live.closed {
             let wake = live.next_wake();
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                Some(message) = internal_rx.recv() => live.on_internal(message).await,
-                output = next_output(&mut live.process) => live.on_output(output).await,
+                Some(message) = internal_rx.recv() => Step::Internal(message),
+                output = next_output(&mut live.process) => Step::Output(output),
                 command = inbox.recv() => match command {
-                    Some(command) => live.on_command(command).await,
+                    Some(command) => Step::Command(command),
                     None => break,
                 },
-                () = sleep_until(wake) => live.on_timer().await,
+                () = sleep_until(wake) => Step::Timer,
+            };
+            let span = live.span_of(&step);
+            async {
+                match step {
+                    Step::Internal(message) => live.on_internal(message).await,
+                    Step::Output(output) => live.on_output(output).await,
+                    Step::Command(command) => live.on_command(command).await,
+                    Step::Timer => live.on_timer().await,
+                }
+                if live.doomed {
+                    live.close(Close::Deleted).await;
+                }
             }
-            if live.doomed {
-                live.close(Close::Deleted).await;
-            }
+            .instrument(span)
+            .await;
         }
         live.status.live.store(false, Ordering::Release);
         live.status.busy.store(false, Ordering::Release);
@@ -220,6 +248,25 @@ impl LiveSession {
 
     fn id(&self) -> SessionId {
         self.record.session_id
+    }
+
+    /// The span a step runs in: the running turn's, a new turn's for a message (its `turn.id` is
+    /// recorded once the turn exists), else none.
+    fn span_of(&self, step: &Step) -> tracing::Span {
+        if let Some(turn) = &self.turn {
+            return turn.span.clone();
+        }
+        let Step::Command(Command::Send { caller, .. }) = step else {
+            return tracing::Span::none();
+        };
+        // At error level so that no filter that lets any line through drops these fields.
+        tracing::error_span!(
+            "turn",
+            request.id = caller.request_id.as_deref().unwrap_or_default(),
+            session.id = %self.record.session_id,
+            user.id = %self.record.user_id,
+            turn.id = tracing::field::Empty,
+        )
     }
 
     async fn on_command(&mut self, command: Command) {
@@ -249,6 +296,7 @@ impl LiveSession {
                 if self.turn.is_none() {
                     if self.process.is_some() {
                         self.stop_process("making room").await;
+                        crate::telemetry::agent_evicted();
                         stopped = true;
                     } else if self.starting {
                         // A start ahead of need gives way to a session that needs the room now.
@@ -284,6 +332,8 @@ impl LiveSession {
             .take(&self.record.user_id)
             .map_err(SendRefusal::UserAtLimit)?;
         let id = TurnId::new();
+        let span = tracing::Span::current();
+        span.record("turn.id", tracing::field::display(id));
         let now = Instant::now();
         // The client's timeout and the server's deadline, whichever comes first.
         let deadline = [timeout, self.shared.settings.turn_timeout]
@@ -322,7 +372,12 @@ impl LiveSession {
             kill_at: None,
             attempts: 0,
             done: Some(done_tx),
+            span,
+            began: now,
+            first_delta: false,
         });
+        crate::telemetry::turn_started(&self.record.user_id);
+        tracing::debug!("turn started");
         self.status.busy.store(true, Ordering::Release);
         let ticket = TurnTicket {
             turn: id,
@@ -397,10 +452,14 @@ impl LiveSession {
         let status = self.status.clone();
         let internal = self.internal_tx.clone();
         let id = self.id();
-        tokio::spawn(async move {
-            let admission = shared.admit(id, &status, evict).await;
-            let _ = internal.send(Internal::Admitted(admission));
-        });
+        // In the turn's span, if a turn asked for it: what admission logs is about that turn.
+        tokio::spawn(
+            async move {
+                let admission = shared.admit(id, &status, evict).await;
+                let _ = internal.send(Internal::Admitted(admission));
+            }
+            .in_current_span(),
+        );
     }
 
     async fn on_admitted(&mut self, admission: Admission) {
@@ -432,6 +491,7 @@ impl LiveSession {
         // The runtime reserved a live slot for us; from here every exit path releases it.
         match self.spawn_process().await {
             Ok((mut process, features)) => {
+                crate::telemetry::agent_spawned(true);
                 tracing::info!(session.id = %self.id(), agent.pid = process.pid(), "agent started");
                 // `initialize` first (a CLI started with --await-initialize requires it): it warms
                 // the CLI up before any message, and carries what must stay off the command line.
@@ -451,6 +511,7 @@ impl LiveSession {
                 match failure {
                     StartFailure::Gone => self.doomed = true,
                     StartFailure::Unavailable(why) => {
+                        crate::telemetry::agent_spawned(false);
                         tracing::error!(session.id = %self.id(), error = %why, "cannot start the agent");
                         self.fail_waiting_turn(TurnErrorCode::AgentUnavailable, why).await;
                     }
@@ -678,6 +739,12 @@ impl LiveSession {
                     {
                         self.audit_tool(name, input, call);
                     }
+                    if let TurnEvent::TextDelta(_) = &event
+                        && let Some(turn) = self.turn.as_mut()
+                        && !std::mem::replace(&mut turn.first_delta, true)
+                    {
+                        crate::telemetry::turn_first_delta(turn.began.elapsed());
+                    }
                     self.stream.publish(id, event).await;
                 }
             }
@@ -688,6 +755,15 @@ impl LiveSession {
         let Some(process) = self.process.take() else {
             return;
         };
+        // Processes the service stops or kills are taken before they exit: this one went on its
+        // own (a turn stopped by the service is the one exception that may end this way).
+        if self
+            .turn
+            .as_ref()
+            .is_none_or(|t| t.tracker.stop_reason().is_none())
+        {
+            crate::telemetry::agent_crashed();
+        }
         let stderr = process.stderr_tail();
         // Whatever its tools left running dies before the session goes on.
         process.kill().await;
@@ -754,6 +830,10 @@ impl LiveSession {
         }
         let deleted = turn.tracker.stop_reason() == Some(TurnErrorCode::SessionDeleted);
         let terminal = self.metered(turn.id, terminal).await;
+        let terminal_code = match &terminal {
+            TurnEvent::Error { code, .. } => Some(*code),
+            _ => None,
+        };
         let record = self.finished_record(&turn, &terminal);
         let status = record.status;
         // One transaction: the turn's last events, its record, and the session's new activity.
@@ -767,6 +847,12 @@ impl LiveSession {
         if let Some(done) = turn.done.take() {
             let _ = done.send(event);
         }
+        let outcome = match &terminal_code {
+            Some(code) => code.as_str(),
+            None => "done",
+        };
+        crate::telemetry::turn_finished(&self.record.user_id, outcome, turn.began.elapsed());
+        tracing::debug!(turn.outcome = outcome, "turn finished");
         drop(turn);
         self.last_used = Instant::now();
         self.status.touch();

@@ -575,7 +575,9 @@ impl Runtime {
                             status: status.clone(),
                         },
                     );
-                    let span = tracing::info_span!("session", session.id = %record.session_id, user.id = %record.user_id);
+                    // A root: the actor outlives the request that happened to start it, whose
+                    // fields must not end up on every line it ever logs.
+                    let span = tracing::info_span!(parent: None, "session", session.id = %record.session_id, user.id = %record.user_id);
                     tokio::spawn(tracing::Instrument::instrument(
                         LiveSession::run(record.clone(), self.shared.clone(), status, rx),
                         span,

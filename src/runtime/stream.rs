@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::domain::{SessionEvent, SessionId, TurnErrorCode, TurnEvent, TurnId};
 use crate::store::{EventStore, StoredEvent, TranscriptStore, TurnRecord, TurnStatus};
+use crate::telemetry::store_operation;
 
 /// How long the writer gathers events into one transaction.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -44,7 +45,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the writer task is asked to store, in order.
 enum Write {
-    Begin(TurnRecord),
+    /// A turn's start, with the span it runs in: the writer's lines about that turn's writes
+    /// carry its fields (request, session, user, turn) like the actor's.
+    Begin(TurnRecord, tracing::Span),
     Event(StoredEvent),
     Finish(Box<Finish>),
     Transcript(String, Vec<String>),
@@ -94,6 +97,7 @@ impl SessionStream {
             store,
             transcripts,
             retained: VecDeque::new(),
+            turn_span: tracing::Span::none(),
         };
         tokio::spawn(writer.run(queue));
         SessionStream {
@@ -105,7 +109,10 @@ impl SessionStream {
 
     /// Records that a turn has begun.
     pub async fn begin(&self, turn: TurnRecord) {
-        let _ = self.writes.send(Write::Begin(turn)).await;
+        let _ = self
+            .writes
+            .send(Write::Begin(turn, tracing::Span::current()))
+            .await;
     }
 
     fn number(&mut self, turn: TurnId, event: TurnEvent) -> Arc<SessionEvent> {
@@ -217,6 +224,8 @@ struct Writer {
     store: Arc<dyn EventStore>,
     transcripts: Arc<dyn TranscriptStore>,
     retained: VecDeque<Write>,
+    /// The span of the turn whose writes are being stored (the latest `Begin` taken up).
+    turn_span: tracing::Span,
 }
 
 impl Writer {
@@ -270,12 +279,18 @@ impl Writer {
         let session = self.session;
         while let Some(front) = self.retained.front() {
             let result = match front {
-                Write::Begin(turn) => self.store.begin_turn(turn).await.map(|_| true),
-                Write::Transcript(path, lines) => self
-                    .transcripts
-                    .append_transcript(session, path, lines)
-                    .await
-                    .map(|_| true),
+                Write::Begin(turn, span) => {
+                    self.turn_span = span.clone();
+                    store_operation("events.begin_turn", self.store.begin_turn(turn))
+                        .await
+                        .map(|_| true)
+                }
+                Write::Transcript(path, lines) => store_operation(
+                    "transcripts.append",
+                    self.transcripts.append_transcript(session, path, lines),
+                )
+                .await
+                .map(|_| true),
                 Write::Event(_) | Write::Finish(_) => {
                     // The events up to the next other write, moved out (put back if the store
                     // is unavailable), with the turn's end in the same transaction if it is next.
@@ -295,14 +310,18 @@ impl Writer {
                     let result = match self.retained.front() {
                         Some(Write::Finish(finish)) => {
                             events.push(finish.terminal.clone());
-                            let result = self
-                                .store
-                                .finish_turn(&finish.record, &events, finish.completed)
-                                .await;
+                            let result = store_operation(
+                                "events.finish_turn",
+                                self.store.finish_turn(&finish.record, &events, finish.completed),
+                            )
+                            .await;
                             events.pop();
                             result
                         }
-                        _ => self.store.append_events(session, &events).await.map(|_| true),
+                        // The writer's batch: every event queued meanwhile, in one transaction.
+                        _ => store_operation("events.append", self.store.append_events(session, &events))
+                            .await
+                            .map(|_| true),
                     };
                     if matches!(&result, Err(e) if e.is_outage()) {
                         for event in events.into_iter().rev() {
@@ -311,7 +330,9 @@ impl Writer {
                     } else if !matches!(self.retained.front(), Some(Write::Finish(_))) {
                         // Plain events, stored (or dropped as broken): nothing more to take.
                         if let Err(e) = result {
-                            tracing::error!(session.id = %session, count, error = %e, "cannot store events; dropping them");
+                            self.turn_span.in_scope(|| {
+                                tracing::error!(session.id = %session, count, error = %e, "cannot store events; dropping them")
+                            });
                         }
                         continue;
                     }
@@ -320,11 +341,16 @@ impl Writer {
             };
             match result {
                 Err(e) if e.is_outage() => {
-                    tracing::warn!(session.id = %session, retained = self.retained.len(), error = %e, "the store is unavailable: keeping this session's writes to store later");
+                    let retained = self.retained.len();
+                    self.turn_span.in_scope(|| {
+                        tracing::warn!(session.id = %session, retained, error = %e, "the store is unavailable: keeping this session's writes to store later")
+                    });
                     return false;
                 }
                 Err(e) => {
-                    tracing::error!(session.id = %session, error = %e, "cannot store a write of this session; dropping it");
+                    self.turn_span.in_scope(|| {
+                        tracing::error!(session.id = %session, error = %e, "cannot store a write of this session; dropping it")
+                    });
                     self.take_front(true);
                 }
                 Ok(exists) => self.take_front(exists),
@@ -353,7 +379,9 @@ impl Writer {
                 finish.record = finish.instead.0.clone();
                 finish.terminal = finish.instead.1.clone();
                 finish.completed = false;
-                tracing::warn!(session.id = %self.session, turn.id = %finish.record.turn_id, "the store stayed unavailable: the turn ends as store_unavailable");
+                self.turn_span.in_scope(|| {
+                    tracing::warn!(session.id = %self.session, turn.id = %finish.record.turn_id, "the store stayed unavailable: the turn ends as store_unavailable")
+                });
                 if let Some(answer) = finish.answer.take() {
                     let _ = answer.send(Ended::Unavailable(finish.instead.2.clone()));
                 }

@@ -19,6 +19,7 @@ use crate::domain::BudgetLimits;
 use crate::domain::{AgentOptions, Caller, SessionEvent, SessionId, SessionRecord, TurnId};
 use crate::runtime::{Runtime, SendRefusal, TurnTicket};
 use crate::store::{EventStore, Limits, SessionStore, StoreError, Stores, UsageStore};
+use crate::telemetry::store_operation;
 use crate::webhooks::{DeletionReason, Webhooks};
 use crate::workspace::Workspaces;
 
@@ -127,8 +128,7 @@ impl Sessions {
             message_count: 0,
             metadata: request.metadata,
         };
-        self.store
-            .insert(&record, self.limits)
+        store_operation("sessions.insert", self.store.insert(&record, self.limits))
             .await
             .map_err(|e| match e {
                 StoreError::LimitReached(scope) => SessionError::LimitReached(scope),
@@ -137,7 +137,7 @@ impl Sessions {
         match self.workspaces.resolve(&user_id, subdir) {
             Ok(cwd) => record.cwd = cwd,
             Err(e) => {
-                self.store.delete(record.session_id).await?;
+                store_operation("sessions.delete", self.store.delete(record.session_id)).await?;
                 return Err(e.into());
             }
         }
@@ -157,8 +157,7 @@ impl Sessions {
     /// user's (the same answer, so an id reveals nothing). The one lookup every operation on a
     /// session goes through.
     pub async fn get(&self, caller: &Caller, id: SessionId) -> Result<SessionRecord, SessionError> {
-        self.store
-            .get(id)
+        store_operation("sessions.get", self.store.get(id))
             .await?
             .filter(|record| caller.principal.may_act_for(&record.user_id))
             .ok_or(SessionError::NotFound(id.to_string()))
@@ -178,14 +177,14 @@ impl Sessions {
         if let Some(user_id) = &user_id {
             crate::workspace::check_user_id(user_id)?;
         }
-        Ok(self.store.list(user_id.as_deref()).await?)
+        Ok(store_operation("sessions.list", self.store.list(user_id.as_deref())).await?)
     }
 
     /// Marks the session active again, starts its agent process in the background if none is
     /// live (making room if needed), and returns it.
     pub async fn resume(&self, caller: &Caller, id: SessionId) -> Result<SessionRecord, SessionError> {
         self.get(caller, id).await?;
-        if !self.store.touch(id, Utc::now(), 0).await? {
+        if !store_operation("sessions.touch", self.store.touch(id, Utc::now(), 0)).await? {
             return Err(SessionError::NotFound(id.to_string()));
         }
         let record = self.get(caller, id).await?;
@@ -196,7 +195,7 @@ impl Sessions {
     /// Deletes the session for good: its record, its process and everything the CLI kept about it.
     pub async fn delete(&self, caller: &Caller, id: SessionId) -> Result<(), SessionError> {
         self.get(caller, id).await?;
-        let Some(record) = self.store.delete(id).await? else {
+        let Some(record) = store_operation("sessions.delete", self.store.delete(id)).await? else {
             return Err(SessionError::NotFound(id.to_string()));
         };
         self.audit.session_act(
@@ -213,7 +212,7 @@ impl Sessions {
 
     /// Removes expired sessions, their processes and transcripts; returns how many.
     pub async fn purge_expired(&self) -> Result<usize, SessionError> {
-        let purged = self.store.purge_expired().await?;
+        let purged = store_operation("sessions.purge_expired", self.store.purge_expired()).await?;
         for record in &purged {
             self.webhooks.session_deleted(record, DeletionReason::Expired);
             self.runtime.close(record.session_id, &record.user_id).await;
@@ -281,7 +280,7 @@ impl Sessions {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, SessionError> {
         self.get(caller, id).await?;
-        Ok(self.events.events_after(id, after, limit).await?)
+        Ok(store_operation("events.events_after", self.events.events_after(id, after, limit)).await?)
     }
 
     /// Watches a session: a live reader (subscribed first, so nothing published from now on is
@@ -309,7 +308,7 @@ impl Sessions {
         limit: u32,
     ) -> Result<Vec<TurnRecord>, SessionError> {
         self.get(caller, id).await?;
-        Ok(self.events.turns(id, before, limit).await?)
+        Ok(store_operation("events.turns", self.events.turns(id, before, limit)).await?)
     }
 
     /// One turn of the session.
@@ -320,8 +319,7 @@ impl Sessions {
         turn: TurnId,
     ) -> Result<TurnRecord, SessionError> {
         self.get(caller, id).await?;
-        self.events
-            .turn(id, turn)
+        store_operation("events.turn", self.events.turn(id, turn))
             .await?
             .ok_or_else(|| SessionError::TurnNotFound(turn.to_string()))
     }
@@ -338,11 +336,11 @@ impl Sessions {
 
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), SessionError> {
-        Ok(self.store.ping().await?)
+        Ok(store_operation("sessions.ping", self.store.ping()).await?)
     }
 
     /// How many unexpired sessions exist.
     pub async fn count(&self) -> Result<u64, SessionError> {
-        Ok(self.store.count().await?)
+        Ok(store_operation("sessions.count", self.store.count()).await?)
     }
 }

@@ -31,6 +31,11 @@ use crate::domain::{SessionId, SessionRecord, TurnId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+// Every write transaction here begins with `BEGIN IMMEDIATE`: it takes the write lock (waiting for it
+// under the busy timeout) before it reads anything, so a commit by another writer in between (the
+// usage, audit and webhook writers run beside the event writer) can never leave it holding a stale
+// snapshot that fails with "database is locked" instead of waiting.
+
 /// The columns of a record, in `SessionRow`'s order (a macro so queries stay `&'static str`).
 macro_rules! columns {
     () => {
@@ -481,7 +486,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn append_events(&self, session: SessionId, events: &[StoredEvent]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         insert_events(&mut tx, session, events).await?;
         tx.commit().await?;
         Ok(())
@@ -493,7 +498,7 @@ impl EventStore for SqliteStore {
         events: &[StoredEvent],
         completed: bool,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let touched = sqlx::query(
             "UPDATE sessions SET last_active_at = MAX(last_active_at, ?2), message_count = message_count + ?3 \
              WHERE session_id = ?1 AND last_active_at >= ?4",
@@ -605,7 +610,7 @@ impl TranscriptStore for SqliteStore {
         path: &str,
         lines: &[String],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let next: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(n), 0) FROM transcript_lines WHERE session_id = ?1")
                 .bind(session.to_string())

@@ -121,6 +121,24 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("runtime", &["config", "auth", "sessions", "http", "app"]),
     ("sessions", &["config", "auth", "agent", "http", "app"]),
     ("http", &["agent", "runtime", "app", "store", "workspace"]),
+    // Metric names and recording functions, and the log format: a leaf every layer may call.
+    (
+        "telemetry",
+        &[
+            "domain",
+            "config",
+            "workspace",
+            "store",
+            "audit",
+            "auth",
+            "agent",
+            "relay",
+            "runtime",
+            "sessions",
+            "http",
+            "app",
+        ],
+    ),
 ];
 
 /// Exceptions to [`FORBIDDEN`]: the file, and the layers it may name after all. `http/error.rs` is

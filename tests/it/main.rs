@@ -15,6 +15,7 @@ mod http_limits;
 mod key_store;
 mod layering;
 mod lifecycle;
+mod metrics;
 mod options;
 mod pg_outage;
 mod relay;

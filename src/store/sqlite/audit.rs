@@ -93,7 +93,7 @@ impl AuditStore for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in records.chunks(RECORDS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO audit_log (at, action, principal, key_id, user_id, session_id, remote_addr, \

@@ -65,7 +65,7 @@ impl TryFrom<DeliveryRow> for WebhookDelivery {
 #[async_trait]
 impl WebhookStore for SqliteStore {
     async fn insert_webhooks(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for delivery in deliveries {
             // Destructured so that a new field is a compile error here until it is stored.
             let WebhookDelivery {
