@@ -151,6 +151,9 @@ pub(super) struct LiveSession {
     process: Option<Agent>,
     /// An admission request is in flight.
     starting: bool,
+    /// The start in flight may evict idle agents for room (a turn needs it); a start ahead of need
+    /// may not.
+    start_evicts: bool,
     /// The start slot, held until the CLI has answered `initialize` (starting is what is costly).
     start_permit: Option<OwnedSemaphorePermit>,
     init_request: Option<String>,
@@ -202,6 +205,7 @@ impl LiveSession {
             internal_tx,
             process: None,
             starting: false,
+            start_evicts: false,
             start_permit: None,
             init_request: None,
             cost_total: 0.0,
@@ -448,6 +452,7 @@ impl LiveSession {
             return;
         }
         self.starting = true;
+        self.start_evicts = evict;
         let shared = self.shared.clone();
         let status = self.status.clone();
         let internal = self.internal_tx.clone();
@@ -473,6 +478,12 @@ impl LiveSession {
                 // The room is ours (again, if an eviction of the start raced with a turn's arrival).
                 self.status.live.store(true, Ordering::Release);
                 permit
+            }
+            Admission::NoCapacity(_) if !self.start_evicts && self.turn.is_some() => {
+                // A start ahead of need found no room, but a turn arrived meanwhile: it needs the
+                // room now, so ask again, evicting an idle agent if one is.
+                self.begin_start(true);
+                return;
             }
             Admission::NoCapacity(why) => {
                 self.fail_waiting_turn(TurnErrorCode::AgentCapacityReached, why)
