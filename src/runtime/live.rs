@@ -855,19 +855,23 @@ impl LiveSession {
             .turn_ended(&self.record, turn.id, status, &event.event);
         // Deleted or expired while the turn ran: nothing of it may stay behind.
         let gone = !exists && !deleted;
-        if let Some(done) = turn.done.take() {
-            let _ = done.send(event);
-        }
         let outcome = match &terminal_code {
             Some(code) => code.as_str(),
             None => "done",
         };
         crate::telemetry::turn_finished(&self.record.user_id, outcome, turn.began.elapsed());
         tracing::debug!(turn.outcome = outcome, "turn finished");
-        drop(turn);
+        // Idle before the client hears of the end: its next request (here, or a start elsewhere
+        // looking for an idle agent to evict) finds the session as it now is.
         self.last_used = Instant::now();
         self.status.touch();
         self.status.busy.store(false, Ordering::Release);
+        // The user's turn slot is given back (with the turn) before the client hears of the end.
+        let done = turn.done.take();
+        drop(turn);
+        if let Some(done) = done {
+            let _ = done.send(event);
+        }
         if gone {
             // Closed by the main loop (closing from here would recurse through the turn's end).
             self.doomed = true;
