@@ -94,6 +94,9 @@ pub struct ModelAccess {
     /// The service's egress proxy, with the process's token as its password
     /// (`HTTPS_PROXY`/`HTTP_PROXY`); none when nothing beyond the model may be reached.
     pub proxy: Option<String>,
+    /// The token's own relay socket, where the token is bound to one (sandboxed CLIs): the launcher
+    /// forwards the relay port there and nowhere else.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ModelAccess {
@@ -102,6 +105,7 @@ impl std::fmt::Debug for ModelAccess {
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("proxy", &self.proxy.as_ref().map(|_| "<redacted>"))
+            .field("socket", &self.socket)
             .finish()
     }
 }
@@ -356,6 +360,7 @@ mod tests {
                 base_url: "http://127.0.0.1:9".into(),
                 token: Some("cah_relay_k".into()),
                 proxy: None,
+                socket: None,
             },
             marker: false,
             runtime_dir: "/c/run".into(),

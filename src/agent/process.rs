@@ -99,6 +99,7 @@ impl AgentProcess {
             cwd_dir,
             cgroup: cgroup.as_ref(),
             identity,
+            relay_socket: spec.model.socket.clone(),
         })?;
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take().expect("piped stdin");

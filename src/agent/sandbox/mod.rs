@@ -13,8 +13,10 @@
 //!
 //! The model API: the CLI's `ANTHROPIC_BASE_URL` must be `http://127.0.0.1:P` (or `localhost`).
 //! Inside, the sandbox's init listens on `127.0.0.1:P` and forwards every connection to the
-//! service's relay socket `<data_dir>/run/relay.sock` when it exists, else to `127.0.0.1:P` in the
-//! service's own network namespace (a gateway or test stand-in on the host's loopback). Where the
+//! process's own relay socket (`<data_dir>/run/relay/<random>.sock`, which takes this process's
+//! token and no other), else (no token: the service has no credential) to the shared
+//! `<data_dir>/run/relay.sock` when it exists, else to `127.0.0.1:P` in the service's own network
+//! namespace (a gateway or test stand-in on the host's loopback). Where the
 //! service runs its egress proxy (`isolation.egress_allow`), the port of the CLI's `HTTPS_PROXY`
 //! is forwarded the same way, always to the proxy's socket `<data_dir>/run/egress.sock`. Nothing
 //! else is reachable.
@@ -77,7 +79,8 @@ pub struct SandboxSettings {
     pub helper: PathBuf,
     /// An empty, root-only folder each sandbox mounts its root on (in its own mount namespace).
     pub staging: PathBuf,
-    /// The service's relay socket; used when it exists.
+    /// The service's shared relay socket; used when it exists and the process has no socket of
+    /// its own (no token).
     pub relay_socket: PathBuf,
     /// The service's egress proxy socket, when it runs one (`isolation.egress_allow`): the only
     /// place the CLI's `HTTPS_PROXY` port is forwarded to.
@@ -192,7 +195,9 @@ impl SandboxLauncher {
             });
         let relay = base_url_port(&env).map(|port| Relay {
             port,
-            upstream: if self.settings.relay_socket.exists() {
+            upstream: if let Some(own) = &launch.relay_socket {
+                Upstream::Unix(own.clone())
+            } else if self.settings.relay_socket.exists() {
                 Upstream::Unix(self.settings.relay_socket.clone())
             } else {
                 Upstream::HostTcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
