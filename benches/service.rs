@@ -829,6 +829,7 @@ impl Bare {
                 token: Some("sk-test-stand-in".into()),
                 proxy: None,
                 socket: None,
+                proxy_socket: None,
             },
             marker: false,
             features: CliFeatures::of(cli_version().as_deref()),

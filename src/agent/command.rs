@@ -97,6 +97,9 @@ pub struct ModelAccess {
     /// The token's own relay socket, where the token is bound to one (sandboxed CLIs): the launcher
     /// forwards the relay port there and nowhere else.
     pub socket: Option<std::path::PathBuf>,
+    /// The token's own egress proxy socket, where it has one: the launcher forwards the proxy
+    /// port there and nowhere else.
+    pub proxy_socket: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ModelAccess {
@@ -106,6 +109,7 @@ impl std::fmt::Debug for ModelAccess {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("proxy", &self.proxy.as_ref().map(|_| "<redacted>"))
             .field("socket", &self.socket)
+            .field("proxy_socket", &self.proxy_socket)
             .finish()
     }
 }
@@ -361,6 +365,7 @@ mod tests {
                 token: Some("cah_relay_k".into()),
                 proxy: None,
                 socket: None,
+                proxy_socket: None,
             },
             marker: false,
             runtime_dir: "/c/run".into(),

@@ -42,6 +42,8 @@ pub struct Launch<'a> {
     pub identity: Option<Identity>,
     /// The process's own relay socket (its token's), which a sandbox forwards the relay port to.
     pub relay_socket: Option<PathBuf>,
+    /// The process's own egress proxy socket, which a sandbox forwards the proxy port to.
+    pub egress_socket: Option<PathBuf>,
 }
 
 /// Why a process could not be started.

@@ -100,6 +100,7 @@ impl AgentProcess {
             cgroup: cgroup.as_ref(),
             identity,
             relay_socket: spec.model.socket.clone(),
+            egress_socket: spec.model.proxy_socket.clone(),
         })?;
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take().expect("piped stdin");

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use super::budget::first_refusal;
 use super::usage::UsageScan;
-use super::{Grant, Shared, token_key};
-use crate::domain::{SessionId, TurnId, TurnUsage};
+use super::{Binding, Grant, Shared, token_key};
+use crate::domain::{TurnId, TurnUsage};
 use crate::store::UsageRecord;
 
 /// The largest request body relayed (the whole conversation travels in each request).
@@ -59,15 +59,6 @@ const NOT_FORWARDED: &[&str] = &[
     // The relay must read the answer's usage: it asks for it uncompressed.
     "accept-encoding",
 ];
-
-/// The token a session's own socket takes (and no other).
-#[derive(Clone, Copy)]
-pub(super) struct Binding {
-    /// The SHA-256 of the token.
-    pub(super) key: [u8; 32],
-    /// Its session (for the log of a refusal).
-    pub(super) session: SessionId,
-}
 
 /// What a listener serves with: the relay, and the binding of a token's own socket (none on the
 /// shared endpoints, where any live token goes).

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -129,6 +129,15 @@ struct Grant {
     state: Arc<GrantState>,
 }
 
+/// The token a session's own socket takes (and no other).
+#[derive(Clone, Copy)]
+struct Binding {
+    /// The SHA-256 of the token.
+    key: [u8; 32],
+    /// Its session (for the log of a refusal).
+    session: SessionId,
+}
+
 /// Live tokens, by the SHA-256 of the token (a lookup never compares secrets byte by byte).
 type Tokens = Mutex<HashMap<[u8; 32], Grant>>;
 
@@ -153,6 +162,8 @@ struct Shared {
     socket_path: PathBuf,
     /// Where bound tokens' sockets go (`<run_dir>/relay`, 0700).
     bound_dir: PathBuf,
+    /// The egress proxy, once it runs: a bound token gets a proxy socket of its own too.
+    egress: OnceLock<egress::BoundEgress>,
 }
 
 /// A token given to one CLI process. It is live until it is dropped or revoked: keep it exactly
@@ -164,6 +175,8 @@ pub struct RelayToken {
     state: Arc<GrantState>,
     /// The token's own socket, when it is bound to one.
     socket: Option<BoundSocket>,
+    /// A bound token's own egress proxy socket, where the service runs the proxy.
+    egress_socket: Option<BoundSocket>,
 }
 
 /// A bound token's socket: its path and the task serving it.
@@ -183,11 +196,17 @@ impl RelayToken {
         self.socket.as_ref().map(|s| s.path.as_path())
     }
 
+    /// The token's own egress proxy socket (a bound token's, where the proxy runs), the only
+    /// proxy endpoint its sandbox is given.
+    pub fn egress_socket(&self) -> Option<&Path> {
+        self.egress_socket.as_ref().map(|s| s.path.as_path())
+    }
+
     fn revoke(&self) {
         if let Some(tokens) = self.tokens.upgrade() {
             tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
         }
-        if let Some(socket) = &self.socket {
+        for socket in [&self.socket, &self.egress_socket].into_iter().flatten() {
             // Closed and gone: a forwarder still holding it bound in meets a refused connection.
             socket.serving.abort();
             let _ = std::fs::remove_file(&socket.path);
@@ -256,6 +275,7 @@ impl Relay {
             base_url: format!("http://{addr}"),
             socket_path,
             bound_dir,
+            egress: OnceLock::new(),
         });
         let router = forward::router(shared.clone(), None);
         let tcp = axum::serve::ListenerExt::tap_io(tcp, |stream: &mut tokio::net::TcpStream| {
@@ -320,6 +340,7 @@ impl Relay {
             tokens: Arc::downgrade(&self.shared.tokens),
             state,
             socket: None,
+            egress_socket: None,
         }
     }
 
@@ -330,13 +351,14 @@ impl Relay {
         let mut token = self.issue(session, user_id);
         let mut name = [0u8; 16];
         getrandom::fill(&mut name).expect("the operating system's random source works");
-        let path = self.shared.bound_dir.join(format!("{}.sock", hex::encode(name)));
-        // On failure the token is dropped here, so revoked.
+        let name = hex::encode(name);
+        let path = self.shared.bound_dir.join(format!("{name}.sock"));
+        // On failure the token is dropped here, so revoked (and a socket made is removed).
         let listener = bind_private_socket(&path).map_err(|source| RelayError::Listen {
             what: path.display().to_string(),
             source,
         })?;
-        let binding = forward::Binding {
+        let binding = Binding {
             key: token.key,
             session,
         };
@@ -350,6 +372,17 @@ impl Relay {
             path,
             serving: serving.abort_handle(),
         });
+        if let Some(egress) = self.shared.egress.get() {
+            let path = self.shared.bound_dir.join(format!("{name}.egress.sock"));
+            let listener = bind_private_socket(&path).map_err(|source| RelayError::Listen {
+                what: path.display().to_string(),
+                source,
+            })?;
+            token.egress_socket = Some(BoundSocket {
+                path,
+                serving: egress.serve(listener, binding),
+            });
+        }
         Ok(token)
     }
 
@@ -403,11 +436,6 @@ impl Relay {
 }
 
 impl Shared {
-    /// Who a presented token was issued to, if it is live.
-    fn grant(&self, token: &str) -> Option<Grant> {
-        self.grant_of(&token_key(token))
-    }
-
     /// Who the token with this key was issued to, if it is live.
     fn grant_of(&self, key: &[u8; 32]) -> Option<Grant> {
         self.tokens

@@ -615,6 +615,7 @@ impl LiveSession {
         let access = token.as_ref().map(|t| TokenAccess {
             secret: t.secret().to_string(),
             socket: t.socket().map(std::path::Path::to_path_buf),
+            proxy_socket: t.egress_socket().map(std::path::Path::to_path_buf),
         });
         let shared = self.shared.clone();
         let record = self.record.clone();
@@ -1178,6 +1179,8 @@ pub(super) struct TokenAccess {
     secret: String,
     /// A bound token's own socket.
     socket: Option<std::path::PathBuf>,
+    /// A bound token's own egress proxy socket.
+    proxy_socket: Option<std::path::PathBuf>,
 }
 
 /// The spec, working directory and cgroup for starting a session's CLI (blocking file work).
@@ -1198,7 +1201,8 @@ pub(super) fn prepare(
     String,
 > {
     let settings = &shared.settings;
-    let (token, socket) = access.map_or((None, None), |a| (Some(a.secret), a.socket));
+    let (token, socket, proxy_socket) =
+        access.map_or((None, None, None), |a| (Some(a.secret), a.socket, a.proxy_socket));
     let config_dir = shared.config_dir(&record.user_id);
     super::create_private_dir(&config_dir).map_err(|e| {
         tracing::error!(path = %config_dir.display(), error = %e, "cannot create the agent's config dir");
@@ -1276,6 +1280,7 @@ pub(super) fn prepare(
                 .map(|(address, token)| crate::relay::proxy_url(address, token)),
             token,
             socket,
+            proxy_socket,
         },
         // Always set: with a cgroup it only helps people (and tests) find a session's processes.
         marker: true,
