@@ -828,6 +828,8 @@ impl Bare {
                 base_url: model.base_url(),
                 token: Some("sk-test-stand-in".into()),
                 proxy: None,
+                socket: None,
+                proxy_socket: None,
             },
             marker: false,
             features: CliFeatures::of(cli_version().as_deref()),

@@ -94,6 +94,12 @@ pub struct ModelAccess {
     /// The service's egress proxy, with the process's token as its password
     /// (`HTTPS_PROXY`/`HTTP_PROXY`); none when nothing beyond the model may be reached.
     pub proxy: Option<String>,
+    /// The token's own relay socket, where the token is bound to one (sandboxed CLIs): the launcher
+    /// forwards the relay port there and nowhere else.
+    pub socket: Option<std::path::PathBuf>,
+    /// The token's own egress proxy socket, where it has one: the launcher forwards the proxy
+    /// port there and nowhere else.
+    pub proxy_socket: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ModelAccess {
@@ -102,6 +108,8 @@ impl std::fmt::Debug for ModelAccess {
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("proxy", &self.proxy.as_ref().map(|_| "<redacted>"))
+            .field("socket", &self.socket)
+            .field("proxy_socket", &self.proxy_socket)
             .finish()
     }
 }
@@ -356,6 +364,8 @@ mod tests {
                 base_url: "http://127.0.0.1:9".into(),
                 token: Some("cah_relay_k".into()),
                 proxy: None,
+                socket: None,
+                proxy_socket: None,
             },
             marker: false,
             runtime_dir: "/c/run".into(),

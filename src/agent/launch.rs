@@ -40,6 +40,10 @@ pub struct Launch<'a> {
     pub cgroup: Option<&'a SessionCgroup>,
     /// The user's identity, where users are isolated (a sandboxing launcher requires it).
     pub identity: Option<Identity>,
+    /// The process's own relay socket (its token's), which a sandbox forwards the relay port to.
+    pub relay_socket: Option<PathBuf>,
+    /// The process's own egress proxy socket, which a sandbox forwards the proxy port to.
+    pub egress_socket: Option<PathBuf>,
 }
 
 /// Why a process could not be started.

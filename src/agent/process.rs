@@ -99,6 +99,8 @@ impl AgentProcess {
             cwd_dir,
             cgroup: cgroup.as_ref(),
             identity,
+            relay_socket: spec.model.socket.clone(),
+            egress_socket: spec.model.proxy_socket.clone(),
         })?;
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take().expect("piped stdin");

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Grant, Relay, RelayError};
+use super::{Binding, Grant, Relay, RelayError, token_key};
 use crate::domain::SessionId;
 use crate::domain::egress::{EgressRules, is_internal};
 
@@ -126,8 +126,22 @@ impl Egress {
             per_session: Mutex::default(),
         });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        tokio::spawn(accept_loop(Listener::Tcp(tcp), proxy.clone(), slots.clone()));
-        tokio::spawn(accept_loop(Listener::Unix(unix), proxy, slots));
+        tokio::spawn(accept_loop(
+            Listener::Tcp(tcp),
+            proxy.clone(),
+            slots.clone(),
+            None,
+        ));
+        tokio::spawn(accept_loop(
+            Listener::Unix(unix),
+            proxy.clone(),
+            slots.clone(),
+            None,
+        ));
+        // From now on every bound token the relay issues gets a proxy socket of its own.
+        if relay.shared.egress.set(BoundEgress { proxy, slots }).is_err() {
+            tracing::warn!("a second egress proxy on one relay: bound tokens' sockets stay with the first");
+        }
         tracing::info!(
             egress.listen = %address,
             egress.socket = %socket_path.display(),
@@ -152,6 +166,29 @@ impl Egress {
 /// `Proxy-Authorization: Basic`.
 pub fn proxy_url(address: SocketAddr, token: &str) -> String {
     format!("http://{PROXY_USER}:{token}@{address}")
+}
+
+/// Serves bound tokens' own proxy sockets (the relay opens one with each bound token).
+pub(super) struct BoundEgress {
+    proxy: Arc<Proxy>,
+    slots: Arc<Semaphore>,
+}
+
+impl BoundEgress {
+    /// Serves `listener`, which takes `binding`'s token and no other, until the handle aborts.
+    pub(super) fn serve(
+        &self,
+        listener: tokio::net::UnixListener,
+        binding: Binding,
+    ) -> tokio::task::AbortHandle {
+        let task = accept_loop(
+            Listener::Unix(listener),
+            self.proxy.clone(),
+            self.slots.clone(),
+            Some(binding),
+        );
+        tokio::spawn(task).abort_handle()
+    }
 }
 
 /// What every connection's handler shares.
@@ -196,8 +233,9 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
-/// Accepts connections while a slot is free, each served on a task of its own.
-async fn accept_loop(listener: Listener, proxy: Arc<Proxy>, slots: Arc<Semaphore>) {
+/// Accepts connections while a slot is free, each served on a task of its own (`binding`: the
+/// one token a session's own socket takes).
+async fn accept_loop(listener: Listener, proxy: Arc<Proxy>, slots: Arc<Semaphore>, binding: Option<Binding>) {
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -207,13 +245,13 @@ async fn accept_loop(listener: Listener, proxy: Arc<Proxy>, slots: Arc<Semaphore
             Listener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| {
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
-                    serve(stream, &proxy).await;
+                    serve(stream, &proxy, binding).await;
                     drop(slot);
                 });
             }),
             Listener::Unix(unix) => unix.accept().await.map(|(stream, _)| {
                 tokio::spawn(async move {
-                    serve(stream, &proxy).await;
+                    serve(stream, &proxy, binding).await;
                     drop(slot);
                 });
             }),
@@ -282,7 +320,7 @@ struct Target {
 }
 
 /// One client connection: one request, then a tunnel (CONNECT) or the forwarded exchange.
-async fn serve<S>(mut client: S, proxy: &Proxy)
+async fn serve<S>(mut client: S, proxy: &Proxy, binding: Option<Binding>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -302,23 +340,27 @@ where
         }
         Ok(Ok(head)) => head,
     };
-    let Some(grant) = authenticate(&head, &proxy.relay) else {
+    let Some((key, grant)) = authenticate(&head, &proxy.relay) else {
         tracing::warn!(
             egress.target = %truncated(&head.target),
             "egress proxy request without a live session token refused"
         );
-        let refusal = Refusal {
-            headers: format!("Proxy-Authenticate: Basic realm=\"{REALM}\"\r\n"),
-            ..Refusal::new(
-                407,
-                "Proxy Authentication Required",
-                "this proxy serves the service's agents only: the proxy URL's password must be the \
-                 agent's own token\n",
-            )
-        };
-        answer(&mut client, &refusal).await;
+        answer(&mut client, &unauthenticated()).await;
         return;
     };
+    if let Some(binding) = binding
+        && key != binding.key
+    {
+        // A live token learnt from another session: bound tokens work on their own socket only.
+        tracing::warn!(
+            session.id = %binding.session,
+            egress.token_session = %grant.session,
+            egress.target = %truncated(&head.target),
+            "the egress proxy refused another session's token on a session's own socket"
+        );
+        answer(&mut client, &unauthenticated()).await;
+        return;
+    }
     let Some(_slot) = proxy.take_slot(grant.session) else {
         tracing::warn!(
             session.id = %grant.session,
@@ -391,6 +433,19 @@ where
     );
 }
 
+/// The answer to a request without a token this socket takes.
+fn unauthenticated() -> Refusal {
+    Refusal {
+        headers: format!("Proxy-Authenticate: Basic realm=\"{REALM}\"\r\n"),
+        ..Refusal::new(
+            407,
+            "Proxy Authentication Required",
+            "this proxy serves the service's agents only: the proxy URL's password must be the \
+             agent's own token\n",
+        )
+    }
+}
+
 /// At most 200 characters of a client's text, for the log.
 fn truncated(text: &str) -> &str {
     text.char_indices().nth(200).map_or(text, |(end, _)| &text[..end])
@@ -458,8 +513,9 @@ async fn read_head<S: AsyncRead + Unpin>(client: &mut S, buf: &mut Vec<u8>) -> R
     })
 }
 
-/// The session whose live token the request presents as its proxy password (or user name).
-fn authenticate(head: &Head, relay: &Relay) -> Option<Grant> {
+/// The live token the request presents as its proxy password (or user name): its key and to
+/// whom it was issued.
+fn authenticate(head: &Head, relay: &Relay) -> Option<([u8; 32], Grant)> {
     let value = std::str::from_utf8(head.header("proxy-authorization")?).ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     let token = if scheme.eq_ignore_ascii_case("basic") {
@@ -479,7 +535,8 @@ fn authenticate(head: &Head, relay: &Relay) -> Option<Grant> {
     } else {
         return None;
     };
-    relay.shared.grant(&token)
+    let key = token_key(&token);
+    relay.shared.grant_of(&key).map(|grant| (key, grant))
 }
 
 /// The target of a CONNECT (`host:port`) or of an absolute-form plain HTTP request.
@@ -863,7 +920,7 @@ mod tests {
     async fn exchange(proxy: &Proxy, request: &str) -> String {
         let (near, mut far) = tokio::io::duplex(64 * 1024);
         far.write_all(request.as_bytes()).await.unwrap();
-        let (_, answer) = tokio::join!(serve(near, proxy), async {
+        let (_, answer) = tokio::join!(serve(near, proxy, None), async {
             let mut answer = String::new();
             far.read_to_string(&mut answer).await.unwrap();
             answer

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::budget::first_refusal;
 use super::usage::UsageScan;
-use super::{Grant, Shared};
+use super::{Binding, Grant, Shared, token_key};
 use crate::domain::{TurnId, TurnUsage};
 use crate::store::UsageRecord;
 
@@ -60,9 +60,19 @@ const NOT_FORWARDED: &[&str] = &[
     "accept-encoding",
 ];
 
+/// What a listener serves with: the relay, and the binding of a token's own socket (none on the
+/// shared endpoints, where any live token goes).
+#[derive(Clone)]
+struct Endpoint {
+    shared: Arc<Shared>,
+    binding: Option<Binding>,
+}
+
 /// The relay's routes: every request reaches [`relay`].
-pub(super) fn router(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(relay).with_state(shared)
+pub(super) fn router(shared: Arc<Shared>, binding: Option<Binding>) -> Router {
+    Router::new()
+        .fallback(relay)
+        .with_state(Endpoint { shared, binding })
 }
 
 /// An answer in the Messages API's error shape.
@@ -86,7 +96,8 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn relay(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    let shared = endpoint.shared;
     let started = Instant::now();
     let at = Utc::now();
     let method = request.method().clone();
@@ -96,7 +107,25 @@ async fn relay(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     if method == Method::HEAD && path == "/" {
         return StatusCode::OK.into_response();
     }
-    let Some(grant) = presented_token(request.headers()).and_then(|token| shared.grant(token)) else {
+    let key = presented_token(request.headers()).map(token_key);
+    let grant = key.as_ref().and_then(|key| shared.grant_of(key));
+    if let (Some(binding), Some(grant), Some(key)) = (&endpoint.binding, &grant, &key)
+        && *key != binding.key
+    {
+        // A live token learnt from another session (its environment, a leak): bound tokens
+        // work on their own socket only.
+        tracing::warn!(
+            session.id = %binding.session, relay.token_session = %grant.session,
+            relay.method = %method, relay.path = %path,
+            "the model relay refused another session's token on a session's own socket"
+        );
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid relay token: the token is unknown or its session has stopped",
+        );
+    }
+    let Some(grant) = grant else {
         tracing::warn!(relay.method = %method, relay.path = %path, "the model relay refused a request without a live token");
         return error(
             StatusCode::UNAUTHORIZED,

@@ -8,10 +8,14 @@
 //! checks the user's, the session's and the turn's budgets (budget.rs) and refuses one that would
 //! start over a limit.
 //!
-//! It listens on two endpoints at once, serving the same router: a loopback TCP port (the base URL
-//! every CLI is given) and a unix socket at `<data_dir>/run/relay.sock` (for sandboxed CLIs, which
-//! reach it only where it is bound into their namespace). Tokens live in memory only: a token lives
-//! as long as the [`RelayToken`] value the runtime keeps beside the CLI process it was given to.
+//! It listens on two shared endpoints, serving the same router: a loopback TCP port (the base URL
+//! every CLI is given; all a CLI without isolation can reach) and a unix socket at
+//! `<data_dir>/run/relay.sock`; any live token works there. A sandboxed CLI reaches neither: its
+//! token is issued bound ([`Relay::issue_bound`]) with a socket of its own,
+//! `<data_dir>/run/relay/<random>.sock` (root only), the one bound into its sandbox. That socket
+//! knows its token, takes no other (a token learnt from another session is refused there and
+//! logged) and is closed and removed with the token. Tokens live in memory only: a token lives as
+//! long as the [`RelayToken`] value the runtime keeps beside the CLI process it was given to.
 //!
 //! It knows nothing of sessions' lives, processes or the service's HTTP API.
 
@@ -25,10 +29,10 @@ mod usage;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -50,6 +54,9 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
 
 /// The socket's file name under the run directory.
 const SOCKET_NAME: &str = "relay.sock";
+
+/// The folder of the tokens' own sockets under the run directory.
+const BOUND_DIR: &str = "relay";
 
 /// How long connecting to the upstream may take (streams themselves have no time limit).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,6 +129,15 @@ struct Grant {
     state: Arc<GrantState>,
 }
 
+/// The token a session's own socket takes (and no other).
+#[derive(Clone, Copy)]
+struct Binding {
+    /// The SHA-256 of the token.
+    key: [u8; 32],
+    /// Its session (for the log of a refusal).
+    session: SessionId,
+}
+
 /// Live tokens, by the SHA-256 of the token (a lookup never compares secrets byte by byte).
 type Tokens = Mutex<HashMap<[u8; 32], Grant>>;
 
@@ -144,6 +160,10 @@ struct Shared {
     seen: AtomicU64,
     base_url: String,
     socket_path: PathBuf,
+    /// Where bound tokens' sockets go (`<run_dir>/relay`, 0700).
+    bound_dir: PathBuf,
+    /// The egress proxy, once it runs: a bound token gets a proxy socket of its own too.
+    egress: OnceLock<egress::BoundEgress>,
 }
 
 /// A token given to one CLI process. It is live until it is dropped or revoked: keep it exactly
@@ -153,6 +173,16 @@ pub struct RelayToken {
     key: [u8; 32],
     tokens: Weak<Tokens>,
     state: Arc<GrantState>,
+    /// The token's own socket, when it is bound to one.
+    socket: Option<BoundSocket>,
+    /// A bound token's own egress proxy socket, where the service runs the proxy.
+    egress_socket: Option<BoundSocket>,
+}
+
+/// A bound token's socket: its path and the task serving it.
+struct BoundSocket {
+    path: PathBuf,
+    serving: tokio::task::AbortHandle,
 }
 
 impl RelayToken {
@@ -161,9 +191,25 @@ impl RelayToken {
         &self.secret
     }
 
+    /// The token's own socket (a bound token's), the only relay endpoint its sandbox is given.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_ref().map(|s| s.path.as_path())
+    }
+
+    /// The token's own egress proxy socket (a bound token's, where the proxy runs), the only
+    /// proxy endpoint its sandbox is given.
+    pub fn egress_socket(&self) -> Option<&Path> {
+        self.egress_socket.as_ref().map(|s| s.path.as_path())
+    }
+
     fn revoke(&self) {
         if let Some(tokens) = self.tokens.upgrade() {
             tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        }
+        for socket in [&self.socket, &self.egress_socket].into_iter().flatten() {
+            // Closed and gone: a forwarder still holding it bound in meets a refused connection.
+            socket.serving.abort();
+            let _ = std::fs::remove_file(&socket.path);
         }
     }
 }
@@ -212,6 +258,11 @@ impl Relay {
             what: socket_path.display().to_string(),
             source,
         })?;
+        let bound_dir = settings.run_dir.join(BOUND_DIR);
+        prepare_bound_dir(&bound_dir).map_err(|source| RelayError::Listen {
+            what: bound_dir.display().to_string(),
+            source,
+        })?;
         let shared = Arc::new(Shared {
             tokens: Arc::default(),
             upstream,
@@ -223,8 +274,10 @@ impl Relay {
             seen: AtomicU64::new(0),
             base_url: format!("http://{addr}"),
             socket_path,
+            bound_dir,
+            egress: OnceLock::new(),
         });
-        let router = forward::router(shared.clone());
+        let router = forward::router(shared.clone(), None);
         let tcp = axum::serve::ListenerExt::tap_io(tcp, |stream: &mut tokio::net::TcpStream| {
             // Streamed answers go out event by event, never held back for a fuller segment.
             let _ = stream.set_nodelay(true);
@@ -286,7 +339,51 @@ impl Relay {
             key,
             tokens: Arc::downgrade(&self.shared.tokens),
             state,
+            socket: None,
+            egress_socket: None,
         }
+    }
+
+    /// A new token for one sandboxed CLI process of `session`, with a socket of its own
+    /// (`<data_dir>/run/relay/<random>.sock`, root only) that takes this token and no other; both
+    /// live until the token is dropped or revoked. Call it within the tokio runtime.
+    pub fn issue_bound(&self, session: SessionId, user_id: &str) -> Result<RelayToken, RelayError> {
+        let mut token = self.issue(session, user_id);
+        let mut name = [0u8; 16];
+        getrandom::fill(&mut name).expect("the operating system's random source works");
+        let name = hex::encode(name);
+        let path = self.shared.bound_dir.join(format!("{name}.sock"));
+        // On failure the token is dropped here, so revoked (and a socket made is removed).
+        let listener = bind_private_socket(&path).map_err(|source| RelayError::Listen {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let binding = Binding {
+            key: token.key,
+            session,
+        };
+        let router = forward::router(self.shared.clone(), Some(binding));
+        let serving = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(session.id = %session, error = %e, "the model relay stopped listening on a session's socket");
+            }
+        });
+        token.socket = Some(BoundSocket {
+            path,
+            serving: serving.abort_handle(),
+        });
+        if let Some(egress) = self.shared.egress.get() {
+            let path = self.shared.bound_dir.join(format!("{name}.egress.sock"));
+            let listener = bind_private_socket(&path).map_err(|source| RelayError::Listen {
+                what: path.display().to_string(),
+                source,
+            })?;
+            token.egress_socket = Some(BoundSocket {
+                path,
+                serving: egress.serve(listener, binding),
+            });
+        }
+        Ok(token)
     }
 
     /// From now on the requests of `token`'s process count for `turn`, whose sums start (or, for
@@ -339,13 +436,12 @@ impl Relay {
 }
 
 impl Shared {
-    /// Who a presented token was issued to, if it is live.
-    fn grant(&self, token: &str) -> Option<Grant> {
-        let key = token_key(token);
+    /// Who the token with this key was issued to, if it is live.
+    fn grant_of(&self, key: &[u8; 32]) -> Option<Grant> {
         self.tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(key)
             .cloned()
     }
 }
@@ -395,5 +491,34 @@ fn bind_socket(run_dir: &Path, socket: &Path) -> io::Result<tokio::net::UnixList
     }
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Creates the folder of the tokens' own sockets (0700: only the service and the sandboxes' inits,
+/// both root, reach them) and removes the sockets a previous instance left in it.
+fn prepare_bound_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_socket() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds a token's own socket, readable and writable by the service's user only.
+fn bind_private_socket(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

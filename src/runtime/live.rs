@@ -609,17 +609,30 @@ impl LiveSession {
             ),
             None => None,
         };
-        // The process's own relay token: revoked when the process is gone (or never started).
+        // The process's own relay token: revoked when the process is gone (or never started). A
+        // sandboxed process's is bound to a socket of its own, the only relay endpoint its sandbox
+        // gets, so a token learnt from another session is refused there.
         let relay = &self.shared.relay;
-        let token = relay
-            .has_credential()
-            .then(|| relay.issue(self.id(), &self.record.user_id));
-        let secret = token.as_ref().map(|t| t.secret().to_string());
+        let token = if !relay.has_credential() {
+            None
+        } else if self.shared.settings.isolation.is_some() {
+            Some(relay.issue_bound(self.id(), &self.record.user_id).map_err(|e| {
+                tracing::error!(session.id = %self.id(), error = %e, "no relay socket for the session's agent");
+                StartFailure::Unavailable("the agent's model relay could not be prepared; the service log says why".into())
+            })?)
+        } else {
+            Some(relay.issue(self.id(), &self.record.user_id))
+        };
+        let access = token.as_ref().map(|t| TokenAccess {
+            secret: t.secret().to_string(),
+            socket: t.socket().map(std::path::Path::to_path_buf),
+            proxy_socket: t.egress_socket().map(std::path::Path::to_path_buf),
+        });
         let shared = self.shared.clone();
         let record = self.record.clone();
         // Directory checks, the MCP file and the cgroup are file system work: off the workers.
         let prepared =
-            tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version, uid, secret))
+            tokio::task::spawn_blocking(move || shared.prepare_spawn(&record, cli, version, uid, access))
                 .await
                 .map_err(|e| StartFailure::Unavailable(format!("cannot prepare the agent: {e}")))?;
         let (spec, cwd_dir, cgroup, identity) = prepared.map_err(StartFailure::Unavailable)?;
@@ -1175,6 +1188,16 @@ enum StartFailure {
     Unavailable(String),
 }
 
+/// What a new process is given of its relay token.
+pub(super) struct TokenAccess {
+    /// The token itself.
+    secret: String,
+    /// A bound token's own socket.
+    socket: Option<std::path::PathBuf>,
+    /// A bound token's own egress proxy socket.
+    proxy_socket: Option<std::path::PathBuf>,
+}
+
 /// The spec, working directory and cgroup for starting a session's CLI (blocking file work).
 pub(super) fn prepare(
     shared: &Shared,
@@ -1182,7 +1205,7 @@ pub(super) fn prepare(
     cli: std::path::PathBuf,
     cli_version: Option<String>,
     uid: Option<u32>,
-    token: Option<String>,
+    access: Option<TokenAccess>,
 ) -> Result<
     (
         SpawnSpec,
@@ -1193,6 +1216,8 @@ pub(super) fn prepare(
     String,
 > {
     let settings = &shared.settings;
+    let (token, socket, proxy_socket) =
+        access.map_or((None, None, None), |a| (Some(a.secret), a.socket, a.proxy_socket));
     let config_dir = shared.config_dir(&record.user_id);
     super::create_private_dir(&config_dir).map_err(|e| {
         tracing::error!(path = %config_dir.display(), error = %e, "cannot create the agent's config dir");
@@ -1269,6 +1294,8 @@ pub(super) fn prepare(
                 .zip(token.as_deref())
                 .map(|(address, token)| crate::relay::proxy_url(address, token)),
             token,
+            socket,
+            proxy_socket,
         },
         // Always set: with a cgroup it only helps people (and tests) find a session's processes.
         marker: true,

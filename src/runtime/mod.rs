@@ -628,7 +628,7 @@ impl Shared {
         cli: PathBuf,
         version: Option<String>,
         uid: Option<u32>,
-        token: Option<String>,
+        access: Option<live::TokenAccess>,
     ) -> Result<
         (
             SpawnSpec,
@@ -638,7 +638,7 @@ impl Shared {
         ),
         String,
     > {
-        live::prepare(self, record, cli, version, uid, token)
+        live::prepare(self, record, cli, version, uid, access)
     }
 
     async fn memory_bytes(&self) -> u64 {

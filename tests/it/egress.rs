@@ -241,3 +241,52 @@ async fn the_proxy_refuses_requests_without_a_live_token() {
     );
     assert!(app.server.log().contains("without a live session token refused"));
 }
+
+#[tokio::test]
+async fn another_sessions_live_token_is_refused_on_the_proxy() {
+    if !strict_possible() {
+        return;
+    }
+    let target = Target::start();
+    let app = strict_server(&egress_yaml(&[format!("127.0.0.1:{}", target.port)])).await;
+    let (alice, _) = app.session("alice").await;
+    let (bob, _) = app.session("bob").await;
+    assert!(bash(&app, &bob, "echo running").await.contains("running"));
+    let bob_cli = crate::support::procs::clis(&bob);
+    assert_eq!(bob_cli.len(), 1, "bob's CLI runs");
+    let bob_token =
+        crate::support::procs::env_var(bob_cli[0], "ANTHROPIC_API_KEY").expect("bob's CLI has a token");
+    // Alice's agent learnt bob's live token: it tries it as the password on her own proxy port
+    // (plain and tunnelled), then her own proxy URL the same way (which must work).
+    let base = format!("http://127.0.0.1:{}", target.port);
+    let out = bash(
+        &app,
+        &alice,
+        &format!(
+            "P=${{HTTPS_PROXY##*@}}; \
+             curl -sS -o /dev/null -w 'bobs %{{http_code}}\\n' --noproxy '' \
+               -x http://cah:{bob_token}@$P {base}/bobs; \
+             curl -sS -o /dev/null -w 'bobs-tunnel %{{http_connect}}\\n' --noproxy '' -p \
+               -x http://cah:{bob_token}@$P {base}/bobs-tunnel; \
+             curl -sS -o /dev/null -w 'own %{{http_code}}\\n' --noproxy '' -x \"$HTTPS_PROXY\" {base}/own"
+        ),
+    )
+    .await;
+    assert!(out.contains("bobs 407"), "{out}");
+    assert!(out.contains("bobs-tunnel 407"), "{out}");
+    assert!(
+        out.contains("own 200"),
+        "alice's own token works the same way: {out}"
+    );
+    let heads = target.heads();
+    assert!(
+        heads.iter().all(|head| !head.contains("/bobs")),
+        "a request with bob's token got through: {heads:?}"
+    );
+    assert!(heads.iter().any(|head| head.contains("/own")), "{heads:?}");
+    assert!(
+        app.server
+            .log()
+            .contains("egress proxy refused another session's token")
+    );
+}

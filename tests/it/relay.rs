@@ -533,6 +533,95 @@ async fn an_unreachable_model_is_a_502_and_an_oversized_request_a_413() {
     assert_eq!(statuses, vec![502, 413]);
 }
 
+/// A `POST /v1/messages` with `key`, over the unix socket at `socket`; the raw answer.
+async fn ask_over(socket: &std::path::Path, key: &str, probe: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = message("hello").to_string();
+    let mut stream = tokio::net::UnixStream::connect(socket).await.expect("connect");
+    let request = format!(
+        "POST /v1/messages?probe={probe} HTTP/1.1\r\nhost: relay\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn a_bound_token_s_socket_takes_that_token_only_and_goes_with_it() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    let model = ModelStandIn::start().await;
+    let (relay, dir) = relay_before(&model).await;
+    let alice = relay
+        .issue_bound(SessionId::new(), "alice")
+        .expect("a bound token");
+    let bob = relay.issue_bound(SessionId::new(), "bob").expect("a bound token");
+    let unbound = relay.issue(SessionId::new(), "carol");
+    assert!(unbound.socket().is_none(), "an unbound token has no socket");
+    let (alice_socket, bob_socket) = (
+        alice.socket().unwrap().to_path_buf(),
+        bob.socket().unwrap().to_path_buf(),
+    );
+    assert_ne!(alice_socket, bob_socket);
+    assert_eq!(
+        alice_socket.parent(),
+        Some(dir.path().join("run/relay").as_path())
+    );
+    let meta = std::fs::metadata(&alice_socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the service's user only"
+    );
+    let folder = std::fs::metadata(dir.path().join("run/relay")).unwrap();
+    assert_eq!(folder.permissions().mode() & 0o777, 0o700);
+
+    let own = ask_over(&alice_socket, alice.secret(), "own").await;
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+    for (key, probe) in [
+        (bob.secret(), "bobs"),
+        (unbound.secret(), "unbound"),
+        ("cah_relay_x", "none"),
+    ] {
+        let refused = ask_over(&alice_socket, key, probe).await;
+        assert!(refused.starts_with("HTTP/1.1 401"), "{probe}: {refused}");
+    }
+    let seen: Vec<String> = model.seen().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        seen,
+        vec!["/v1/messages?probe=own".to_string()],
+        "only the own token's request"
+    );
+
+    // Dropped: the token is dead and its socket closed and gone; the other one still works.
+    drop(alice);
+    assert!(!alice_socket.exists(), "the socket is removed with its token");
+    assert!(tokio::net::UnixStream::connect(&alice_socket).await.is_err());
+    let still = ask_over(&bob_socket, bob.secret(), "bob-own").await;
+    assert!(still.starts_with("HTTP/1.1 200"), "{still}");
+    relay.revoke(&bob);
+    assert!(!bob_socket.exists(), "revoking removes the socket too");
+
+    // A restarted relay clears sockets a previous instance left.
+    std::os::unix::net::UnixListener::bind(dir.path().join("run/relay/stale.sock")).unwrap();
+    drop(relay);
+    let _again = start_relay(
+        model.base_url(),
+        UpstreamCredential {
+            api_key: Some(REAL_KEY.into()),
+            auth_token: None,
+        },
+        dir.path().join("run"),
+    )
+    .await
+    .expect("the relay starts again");
+    assert!(!dir.path().join("run/relay/stale.sock").exists());
+}
+
 #[tokio::test]
 async fn the_unix_socket_serves_the_same_relay_to_any_uid_with_a_token() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -13,11 +13,14 @@
 //!
 //! The model API: the CLI's `ANTHROPIC_BASE_URL` must be `http://127.0.0.1:P` (or `localhost`).
 //! Inside, the sandbox's init listens on `127.0.0.1:P` and forwards every connection to the
-//! service's relay socket `<data_dir>/run/relay.sock` when it exists, else to `127.0.0.1:P` in the
-//! service's own network namespace (a gateway or test stand-in on the host's loopback). Where the
+//! process's own relay socket (`<data_dir>/run/relay/<random>.sock`, which takes this process's
+//! token and no other), else (no token: the service has no credential) to the shared
+//! `<data_dir>/run/relay.sock` when it exists, else to `127.0.0.1:P` in the service's own network
+//! namespace (a gateway or test stand-in on the host's loopback). Where the
 //! service runs its egress proxy (`isolation.egress_allow`), the port of the CLI's `HTTPS_PROXY`
-//! is forwarded the same way, always to the proxy's socket `<data_dir>/run/egress.sock`. Nothing
-//! else is reachable.
+//! is forwarded the same way, always to a proxy socket: the process's own
+//! (`<data_dir>/run/relay/<random>.egress.sock`, taking its token only), else the shared
+//! `<data_dir>/run/egress.sock`. Nothing else is reachable.
 
 mod inside;
 mod plan;
@@ -77,10 +80,12 @@ pub struct SandboxSettings {
     pub helper: PathBuf,
     /// An empty, root-only folder each sandbox mounts its root on (in its own mount namespace).
     pub staging: PathBuf,
-    /// The service's relay socket; used when it exists.
+    /// The service's shared relay socket; used when it exists and the process has no socket of
+    /// its own (no token).
     pub relay_socket: PathBuf,
-    /// The service's egress proxy socket, when it runs one (`isolation.egress_allow`): the only
-    /// place the CLI's `HTTPS_PROXY` port is forwarded to.
+    /// The service's shared egress proxy socket, when it runs one (`isolation.egress_allow`):
+    /// where the CLI's `HTTPS_PROXY` port is forwarded when the process has no proxy socket of
+    /// its own.
     pub egress_socket: Option<PathBuf>,
     /// Size of each sandbox's private `/tmp`, MiB.
     pub tmp_mb: u64,
@@ -178,11 +183,14 @@ impl SandboxLauncher {
         set("CLAUDE_CODE_TMPDIR", "/tmp");
         // Forwarded to the proxy's socket only (never to a host port an inherited variable
         // names), and only where the service runs the proxy.
-        let egress = self
-            .settings
+        let egress = launch
             .egress_socket
             .as_ref()
-            .filter(|socket| socket.exists())
+            .or(self
+                .settings
+                .egress_socket
+                .as_ref()
+                .filter(|socket| socket.exists()))
             .and_then(|socket| {
                 let port = proxy_port(&env)?;
                 (Some(port) != base_url_port(&env)).then(|| Relay {
@@ -192,7 +200,9 @@ impl SandboxLauncher {
             });
         let relay = base_url_port(&env).map(|port| Relay {
             port,
-            upstream: if self.settings.relay_socket.exists() {
+            upstream: if let Some(own) = &launch.relay_socket {
+                Upstream::Unix(own.clone())
+            } else if self.settings.relay_socket.exists() {
                 Upstream::Unix(self.settings.relay_socket.clone())
             } else {
                 Upstream::HostTcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))

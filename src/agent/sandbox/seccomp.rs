@@ -1,7 +1,7 @@
 //! The seccomp filter every sandboxed CLI runs under: no raw or datagram sockets, no socket family
 //! but unix and IP, no io_uring (it creates sockets without `socket()`), no tracing or reading other
 //! processes' memory, nothing that changes mounts, namespaces, keys, BPF, perf, userfaultfd,
-//! kexec or modules, no `open_by_handle_at`, no `TIOCSTI`; `clone3` answers `ENOSYS` (its flags
+//! kexec or modules, no `open_by_handle_at`, no `TIOCSTI` or `TIOCLINUX`; `clone3` answers `ENOSYS` (its flags
 //! sit in a struct seccomp cannot read) so libc falls back to `clone`, whose namespace flags are
 //! refused.
 
@@ -121,10 +121,14 @@ pub fn deny_filter() -> Result<BpfProgram, String> {
             })
             .collect(),
     );
-    // ioctl(fd, TIOCSTI): no typing into a terminal.
+    // ioctl(fd, TIOCSTI | TIOCLINUX): no typing into a terminal, no pasting a console's
+    // selection into it (compared on the low 32 bits: the kernel reads `cmd` as an unsigned int).
     rules.insert(
         libc::SYS_ioctl,
-        vec![rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCSTI)])],
+        vec![
+            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCSTI)]),
+            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCLINUX)]),
+        ],
     );
     let filter = SeccompFilter::new(
         rules,
