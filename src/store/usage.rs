@@ -159,6 +159,76 @@ pub(super) fn group_key(record: &UsageRecord, group: UsageGroup) -> String {
     }
 }
 
+/// A count as an SQL backend stores it (never negative: the tables check it).
+pub(super) fn sql_count(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("usage {what} {value}")))
+}
+
+/// Token counts from their four SQL columns.
+pub(super) fn sql_tokens(
+    input: i64,
+    output: i64,
+    cache_read: i64,
+    cache_write: i64,
+) -> Result<TurnUsage, StoreError> {
+    Ok(TurnUsage {
+        input_tokens: sql_count(input, "input tokens")?,
+        output_tokens: sql_count(output, "output tokens")?,
+        cache_read_input_tokens: sql_count(cache_read, "cache read tokens")?,
+        cache_creation_input_tokens: sql_count(cache_write, "cache write tokens")?,
+    })
+}
+
+/// Sums as an SQL backend gives them back (every one 0 over no rows), with their group's key.
+#[derive(sqlx::FromRow)]
+pub(super) struct TotalsRow {
+    group_key: Option<String>,
+    requests: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_read_tokens: i64,
+    cache_write_tokens: i64,
+    cost_nanos: i64,
+}
+
+impl TotalsRow {
+    /// The group's key (empty for the totals of all) and its sums.
+    pub(super) fn into_totals(self) -> Result<(String, UsageTotals), StoreError> {
+        Ok((
+            self.group_key.unwrap_or_default(),
+            UsageTotals {
+                requests: sql_count(self.requests, "requests")?,
+                usage: sql_tokens(
+                    self.input_tokens,
+                    self.output_tokens,
+                    self.cache_read_tokens,
+                    self.cache_write_tokens,
+                )?,
+                cost_nanos: sql_count(self.cost_nanos, "cost")?,
+            },
+        ))
+    }
+}
+
+/// `Spending` from the `(scope, cost_nanos, tokens)` rows of `usage_totals` an SQL backend read.
+pub(super) fn sql_spending(rows: Vec<(String, i64, i64)>) -> Result<Spending, StoreError> {
+    let mut spending = Spending::default();
+    for (scope, cost, tokens) in rows {
+        let spent = Spent {
+            cost_nanos: sql_count(cost, "cost")?,
+            tokens: sql_count(tokens, "tokens")?,
+        };
+        match scope.as_str() {
+            "user_day" => spending.user_day = spent,
+            "user_month" => spending.user_month = spent,
+            "session" => spending.session = spent,
+            "turn" => spending.turn = spent,
+            other => return Err(StoreError::Corrupt(format!("usage total of scope {other:?}"))),
+        }
+    }
+    Ok(spending)
+}
+
 /// The group of records that named no model.
 pub const UNKNOWN_MODEL: &str = "unknown";
 /// The group of records made between turns.

@@ -13,10 +13,12 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::rows::to_sql_count;
-use crate::domain::{BudgetOverride, SessionId, TurnId, TurnUsage};
+use crate::domain::{BudgetOverride, SessionId, TurnId};
 use crate::store::rows::StoredBudget;
-use crate::store::usage::{NO_TURN, UNKNOWN_MODEL, UsageGroup, periods_of};
-use crate::store::{Spending, Spent, StoreError, UsageQuery, UsageRecord, UsageStore, UsageTotals};
+use crate::store::usage::{
+    NO_TURN, TotalsRow, UNKNOWN_MODEL, UsageGroup, periods_of, sql_count, sql_spending, sql_tokens,
+};
+use crate::store::{Spending, StoreError, UsageQuery, UsageRecord, UsageStore, UsageTotals};
 
 /// The columns of a record, in `UsageRow`'s order.
 const RECORD_COLUMNS: &str = "session_id, user_id, turn_id, model, input_tokens, output_tokens, \
@@ -53,11 +55,6 @@ struct UsageRow {
     at: DateTime<Utc>,
 }
 
-/// A stored count (never negative: the table checks it).
-fn count(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("usage {what} {value}")))
-}
-
 impl UsageRow {
     fn into_record(self) -> Result<UsageRecord, StoreError> {
         Ok(UsageRecord {
@@ -65,49 +62,19 @@ impl UsageRow {
             user_id: self.user_id,
             turn_id: self.turn_id.map(TurnId),
             model: self.model,
-            usage: TurnUsage {
-                input_tokens: count(self.input_tokens, "input tokens")?,
-                output_tokens: count(self.output_tokens, "output tokens")?,
-                cache_read_input_tokens: count(self.cache_read_tokens, "cache read tokens")?,
-                cache_creation_input_tokens: count(self.cache_write_tokens, "cache write tokens")?,
-            },
-            cost_nanos: count(self.cost_nanos, "cost")?,
+            usage: sql_tokens(
+                self.input_tokens,
+                self.output_tokens,
+                self.cache_read_tokens,
+                self.cache_write_tokens,
+            )?,
+            cost_nanos: sql_count(self.cost_nanos, "cost")?,
             status: u16::try_from(self.status)
                 .map_err(|_| StoreError::Corrupt(format!("usage status {}", self.status)))?,
-            duration_ms: count(self.duration_ms, "duration")?,
+            duration_ms: sql_count(self.duration_ms, "duration")?,
             path: self.path,
             at: self.at,
         })
-    }
-}
-
-/// Sums as SQL gives them back (every one 0 over no rows).
-#[derive(sqlx::FromRow)]
-struct TotalsRow {
-    group_key: Option<String>,
-    requests: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cache_read_tokens: i64,
-    cache_write_tokens: i64,
-    cost_nanos: i64,
-}
-
-impl TotalsRow {
-    fn into_totals(self) -> Result<(Option<String>, UsageTotals), StoreError> {
-        Ok((
-            self.group_key,
-            UsageTotals {
-                requests: count(self.requests, "requests")?,
-                usage: TurnUsage {
-                    input_tokens: count(self.input_tokens, "input tokens")?,
-                    output_tokens: count(self.output_tokens, "output tokens")?,
-                    cache_read_input_tokens: count(self.cache_read_tokens, "cache read tokens")?,
-                    cache_creation_input_tokens: count(self.cache_write_tokens, "cache write tokens")?,
-                },
-                cost_nanos: count(self.cost_nanos, "cost")?,
-            },
-        ))
     }
 }
 
@@ -201,21 +168,7 @@ impl UsageStore for PostgresStore {
         .bind(turn.map(|t| t.to_string()))
         .fetch_all(&self.pool)
         .await?;
-        let mut spending = Spending::default();
-        for (scope, cost, tokens) in rows {
-            let spent = Spent {
-                cost_nanos: count(cost, "cost")?,
-                tokens: count(tokens, "tokens")?,
-            };
-            match scope.as_str() {
-                "user_day" => spending.user_day = spent,
-                "user_month" => spending.user_month = spent,
-                "session" => spending.session = spent,
-                "turn" => spending.turn = spent,
-                other => return Err(StoreError::Corrupt(format!("usage total of scope {other:?}"))),
-            }
-        }
-        Ok(spending)
+        sql_spending(rows)
     }
 
     async fn usage_totals(
@@ -245,7 +198,7 @@ impl UsageStore for PostgresStore {
             .fetch_all(&self.pool)
             .await?
             .into_iter()
-            .map(|row| row.into_totals().map(|(key, t)| (key.unwrap_or_default(), t)))
+            .map(TotalsRow::into_totals)
             .collect::<Result<_, _>>()?;
         Ok((totals, groups))
     }
