@@ -51,6 +51,9 @@ struct Plan {
     /// Section 11: the events stored in the replayed session, and how many times it is replayed.
     replay_events: usize,
     replays: usize,
+    /// Section 12: cold first turns per isolation profile (alternating), and the sessions kept
+    /// live on each for the memory figure.
+    isolation_turns: usize,
 }
 
 const FULL: Plan = Plan {
@@ -71,6 +74,7 @@ const FULL: Plan = Plan {
     warm_crowd: 20,
     replay_events: 10_000,
     replays: 5,
+    isolation_turns: 20,
 };
 
 const QUICK: Plan = Plan {
@@ -91,6 +95,7 @@ const QUICK: Plan = Plan {
     warm_crowd: 3,
     replay_events: 1000,
     replays: 1,
+    isolation_turns: 2,
 };
 
 const CONCURRENCY: usize = 16;
@@ -368,7 +373,111 @@ async fn run_last(
             rows.extend(bench_replay(storage, plan, env.to_vec()).await);
         }
     }
+    if wanted(12) {
+        eprintln!("12. isolation");
+        rows.extend(bench_isolation(plan, env.to_vec()).await);
+    }
     rows
+}
+
+/// Section 12: what the strict sandbox costs over profile none, on two servers side by side (both
+/// SQLite, `prewarm: false`, the relay in both paths): a cold first turn (the CLI started by the
+/// turn: under strict through the launcher, namespaces, Landlock and seccomp), alternating, paired;
+/// the memory of a live session (every process of it: under strict the launcher, the sandbox's
+/// init with its forwarder, and the CLI); and a 2000-word answer's text rate, strict against none
+/// (the forwarder's hop).
+async fn bench_isolation(plan: Plan, env: Vec<(String, String)>) -> Vec<Row> {
+    let with_profile = |profile: &str| {
+        let mut env = env.clone();
+        env.push(("CLAUDE_AGENT_ISOLATION__PROFILE".into(), profile.into()));
+        env
+    };
+    let strict =
+        AgentServer::start_on(Storage::Sqlite, &[], &service_yaml(false), with_profile("strict")).await;
+    let none = AgentServer::start_on(Storage::Sqlite, &[], &service_yaml(false), with_profile("none")).await;
+    let (mut s_cold, mut n_cold, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut s_ids, mut n_ids) = (Vec::new(), Vec::new());
+    for i in 0..plan.isolation_turns {
+        let mut pair = [0.0; 2];
+        for (k, app) in [&strict, &none].into_iter().enumerate() {
+            let (id, _) = app.session(&format!("cold{i}")).await;
+            let started = Instant::now();
+            app.chat_ok(&id, "hello").await;
+            pair[k] = ms(started.elapsed());
+            if k == 0 { s_ids.push(id) } else { n_ids.push(id) }
+        }
+        s_cold.push(pair[0]);
+        n_cold.push(pair[1]);
+        overheads.push(pair[0] - pair[1]);
+    }
+    // Every live session's processes, over the service's own: MB per session.
+    let per_session = |app: &AgentServer, live: usize| {
+        let total: u64 = tree::descendants(app.server.pid())
+            .into_iter()
+            .filter_map(tree::rss_bytes)
+            .sum();
+        total as f64 / (1024.0 * 1024.0) / live.max(1) as f64
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s_rss, n_rss) = (per_session(&strict, s_ids.len()), per_session(&none, n_ids.len()));
+    // The text rate of a 2000-word answer on one warm session of each, alternating.
+    let (s_id, n_id) = (s_ids[0].clone(), n_ids[0].clone());
+    let mut ratios = Vec::new();
+    for _ in 0..plan.floods {
+        let mut rate = [0.0; 2];
+        for (k, (app, id)) in [(&strict, &s_id), (&none, &n_id)].into_iter().enumerate() {
+            let started = Instant::now();
+            let events = app.stream(id, "words 2000 0").await.collect().await;
+            let last = events
+                .iter()
+                .rev()
+                .find(|e| e.data["type"] == "text_delta")
+                .expect("deltas")
+                .at;
+            assert_eq!(word_count(&support::agent::delta_text(&events)), 2000);
+            rate[k] = 2000.0 / (last - started).as_secs_f64();
+        }
+        ratios.push(rate[0] / rate[1]);
+    }
+    vec![
+        Row::new(
+            format!(
+                "12. cold first turn (CLI started by the turn) p50, strict vs none ({} alternating)",
+                plan.isolation_turns
+            ),
+            Some(percentile(&s_cold, 50.0)),
+            Some(percentile(&n_cold, 50.0)),
+            "ms",
+            "",
+        ),
+        Row::new(
+            "12. strict spawn overhead p50 (paired strict - none)",
+            Some(percentile(&overheads, 50.0)),
+            None,
+            "ms",
+            "<= 20 ms",
+        ),
+        Row::new(
+            format!(
+                "12. RSS per live session, every process of it, strict vs none ({} each)",
+                s_ids.len()
+            ),
+            Some(s_rss),
+            Some(n_rss),
+            "MB",
+            "",
+        ),
+        Row::new(
+            format!(
+                "12. 2000 words text rate, paired strict / none, p50 ({} alternating)",
+                plan.floods
+            ),
+            Some(percentile(&ratios, 50.0)),
+            None,
+            "x",
+            "",
+        ),
+    ]
 }
 
 /// A server of sections 10 and 11 on `storage`, whose database the benchmark can reach too: on
