@@ -147,6 +147,7 @@ impl TurnTracker {
             duration_ms: result.map(|r| r.duration_ms).unwrap_or_default(),
             num_turns: result.map(|r| r.num_turns).unwrap_or_default(),
             stop_reason: result.and_then(|r| r.stop_reason.clone()),
+            budget_refusal: None,
         }
     }
 

@@ -74,6 +74,9 @@ pub struct TurnOutcome {
     pub num_turns: u64,
     /// Why the model stopped (`end_turn`, ...).
     pub stop_reason: Option<String>,
+    /// The budget the relay refused the turn's next model request for, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_refusal: Option<super::BudgetRefusal>,
 }
 
 /// A turn's id (unique across sessions).

@@ -926,6 +926,7 @@ impl LiveSession {
             }
             (TurnEvent::Done(mut partial) | TurnEvent::Error { mut partial, .. }, Some(refusal)) => {
                 apply(&mut partial);
+                partial.budget_refusal = Some(refusal.clone());
                 TurnEvent::Error {
                     code: TurnErrorCode::BudgetExceeded,
                     message: format!("budget exceeded: {refusal}"),

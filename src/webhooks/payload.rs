@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::domain::{SessionRecord, TurnErrorCode, TurnEvent, TurnId, WebhookEvent};
+use crate::domain::{SessionRecord, TurnErrorCode, TurnEvent, TurnId, TurnOutcome, WebhookEvent};
 use crate::store::TurnStatus;
 
 /// One event, before it is addressed to endpoints.
@@ -95,26 +95,44 @@ pub(super) fn turn_ended(
                 })),
             )];
             if *code == TurnErrorCode::BudgetExceeded {
-                // The session's own per-message budget (the CLI's `--max-budget-usd`) is named when
-                // the turn spent it; a limit enforced elsewhere says which in its message.
-                let own_budget = session
-                    .options
-                    .max_budget_usd
-                    .filter(|limit| partial.total_cost_usd >= *limit);
                 events.push(Event::new(
                     WebhookEvent::BudgetExceeded,
-                    ids(json!({
-                        "limit": own_budget.map(|_| "max_budget_usd"),
-                        "limit_usd": own_budget,
-                        "spent_usd": partial.total_cost_usd,
-                        "message": message,
-                    })),
+                    ids(budget_data(session, partial, message)),
                 ));
             }
             events
         }
         _ => Vec::new(),
     }
+}
+
+/// What a `budget.exceeded` event says: the limit the relay refused the turn's next model request
+/// for (`user_daily_usd`, ..., with what it allows and what was spent against it), else the
+/// session's own per-message budget (the CLI's `--max-budget-usd`) when the turn spent it; the
+/// message says which in every case.
+fn budget_data(session: &SessionRecord, partial: &TurnOutcome, message: &str) -> Value {
+    if let Some(refusal) = &partial.budget_refusal {
+        let tokens = refusal.limit.ends_with("_tokens");
+        return json!({
+            "limit": refusal.limit,
+            "scope": refusal.scope,
+            "limit_usd": (!tokens).then_some(refusal.allowed),
+            "limit_tokens": tokens.then_some(refusal.allowed as u64),
+            "spent_usd": if tokens { partial.total_cost_usd } else { refusal.spent },
+            "spent_tokens": tokens.then_some(refusal.spent as u64),
+            "message": message,
+        });
+    }
+    let own_budget = session
+        .options
+        .max_budget_usd
+        .filter(|limit| partial.total_cost_usd >= *limit);
+    json!({
+        "limit": own_budget.map(|_| "max_budget_usd"),
+        "limit_usd": own_budget,
+        "spent_usd": partial.total_cost_usd,
+        "message": message,
+    })
 }
 
 /// Why a session went away.

@@ -351,6 +351,37 @@ async fn failed_and_interrupted_turns_are_posted_as_turn_failed() {
 }
 
 #[tokio::test]
+async fn a_request_the_relay_refused_for_a_budget_is_posted_naming_the_limit() {
+    let receiver = Receiver::start().await;
+    // A daily budget of nothing: the turn's first model request is refused.
+    let yaml = format!(
+        "{}budgets:\n  user_daily_usd: 0\n",
+        webhooks_yaml(&[(&receiver, ALL_EVENTS)])
+    );
+    let app = AgentServer::start(&yaml).await;
+    let (session, _) = app.session("alice").await;
+    let events = app.stream(&session, "hello").await.collect().await;
+    assert_eq!(
+        events.last().unwrap().data["code"],
+        "budget_exceeded",
+        "{events:?}"
+    );
+    let budget = receiver.delivered("budget.exceeded").await;
+    assert!(budget.signed_with(SECRET));
+    let data = budget.json()["data"].clone();
+    assert_eq!(data["limit"], "user_daily_usd", "{data}");
+    assert_eq!(data["scope"], "user_daily");
+    assert_eq!(data["limit_usd"], 0.0);
+    assert_eq!(data["spent_usd"], 0.0);
+    assert_eq!(data["user_id"], "alice");
+    assert!(
+        data["message"].as_str().unwrap().contains("user_daily_usd"),
+        "{data}"
+    );
+    assert_eq!(app.model.requests(), 0, "the refused request reached no model");
+}
+
+#[tokio::test]
 async fn a_spent_budget_is_posted_as_budget_exceeded_beside_turn_failed() {
     let receiver = Receiver::start().await;
     let app = AgentServer::start_with_env(
