@@ -83,9 +83,10 @@ impl Meters {
         &self.store
     }
 
-    /// A turn starts: its sums start at zero.
+    /// A turn starts: its sums start at zero (a turn handed to a new process keeps what its earlier
+    /// process's requests added).
     pub(super) fn begin(&self, turn: TurnId) {
-        self.lock().insert(turn, Tally::default());
+        self.lock().entry(turn).or_default();
     }
 
     /// A request of `turn` is on its way.
